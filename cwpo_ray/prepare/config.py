@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from cwpo_ray.config import RayConfig, StrictModel
+
+
+class SourceConfig(StrictModel):
+    """One input: local files / a URI (jsonl, jsonl.gz, parquet) or a Hugging Face dataset name."""
+
+    format: Literal["hh_rlhf", "tldr", "ultrafeedback", "generic", "canonical"]
+    path: str | None = None
+    hf_dataset: str | None = None  # e.g. "Anthropic/hh-rlhf" (loaded with datasets.load_dataset)
+    hf_config: str | None = None
+    hf_data_dir: str | None = None  # e.g. "harmless-base" / "helpful-base" for HH-RLHF
+    hf_split: str = "train"
+    columns: dict[str, str] = Field(default_factory=dict)  # for format=generic
+    name: str | None = None  # value of the `source` column; default: format[/data_dir]
+    max_rows: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_location(self):
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError("give exactly one of path / hf_dataset")
+        if self.format == "generic" and not self.columns:
+            raise ValueError("format=generic needs a columns mapping")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return self.format + (f"/{self.hf_data_dir}" if self.hf_data_dir else "")
+
+
+class PrepareConfig(StrictModel):
+    sources: list[SourceConfig] = Field(default_factory=list)  # filled by the pipeline when empty
+    output_dir: str | None = None  # local path or URI; the pipeline sets {run_dir}/data
+    test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    labeled_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    split_seed: int = 0
+    # Token-length filter (paper: 512; 1024 for TL;DR). Needs a tokenizer (hub id or local folder).
+    tokenizer: str | None = None
+    max_tokens: int | None = Field(default=512, gt=0)
+    batch_size: int = Field(default=4096, gt=0)
+    ray: RayConfig = Field(default_factory=RayConfig)

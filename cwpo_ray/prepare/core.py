@@ -1,0 +1,117 @@
+"""Pure core of `prepare`: raw rows -> canonical pairs with a split, or quarantine with a reason.
+
+Works on plain Python rows and returns one Arrow table per batch whose ``split`` column is one of
+labeled / unlabeled / test / quarantine; the Ray stage only reads, maps this, and writes.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Callable, Iterable
+
+import pyarrow as pa
+
+from cwpo_ray.prepare.adapters import BadRow, get_adapter
+from cwpo_ray.schema import assign_split, pair_id, truncate_raw, validate_pair
+
+BATCH_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()), ("prompt", pa.string()), ("response_a", pa.string()),
+        ("response_b", pa.string()), ("human_label", pa.string()), ("source", pa.string()),
+        ("split", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.string()),
+    ]
+)
+
+
+def parse_json_lines(lines: Iterable[bytes], locs: Iterable[str]) -> Iterable[tuple[dict | None, str | None, str, str]]:
+    """Decode + parse jsonl lines; yields (row | None, reason | None, detail, raw)."""
+    for line, loc in zip(lines, locs):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield None, "bad_utf8", f"{loc}: {e.reason} at byte {e.start}", line.decode("utf-8", "replace")
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield None, "bad_json", f"{loc}: {e.msg}", text
+            continue
+        if not isinstance(row, dict):
+            yield None, "bad_json", f"{loc}: top level is {type(row).__name__}, not an object", text
+            continue
+        yield row, None, loc, text
+
+
+@lru_cache(maxsize=4)
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def token_lengths(tokenizer: str, texts: list[str]) -> list[int]:
+    tok = _load_tokenizer(tokenizer)
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+class Normalizer:
+    """rows -> one BATCH_SCHEMA table. Holds the adapter, split and length-filter settings."""
+
+    def __init__(self, fmt: str, source: str, columns: dict[str, str], test_fraction: float,
+                 labeled_fraction: float, split_seed: int, tokenizer: str | None, max_tokens: int | None):
+        self.adapt: Callable = get_adapter(fmt, columns)
+        self.source = source
+        self.test_fraction, self.labeled_fraction, self.split_seed = test_fraction, labeled_fraction, split_seed
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self, items: Iterable[tuple[dict | None, str | None, str, str]]) -> pa.Table:
+        cols: dict[str, list] = {f.name: [] for f in BATCH_SCHEMA}
+        kept: list[int] = []
+
+        def quarantine(reason: str, detail: str, raw: str):
+            for k in ("pair_id", "prompt", "response_a", "response_b", "human_label"):
+                cols[k].append(None)
+            cols["source"].append(self.source)
+            cols["split"].append("quarantine")
+            cols["reason"].append(reason)
+            cols["detail"].append(detail)
+            cols["raw"].append(truncate_raw(raw))
+
+        for row, reason, detail, raw in items:
+            if row is None:
+                quarantine(reason, detail, raw)
+                continue
+            try:
+                prompt, a, b, label = self.adapt(row)
+            except BadRow as e:
+                quarantine(e.reason, f"{detail}: {e.detail}" if e.detail else detail, raw)
+                continue
+            bad = validate_pair(prompt, a, b, label)
+            if bad:
+                quarantine(bad, detail, raw)
+                continue
+            pid = pair_id(prompt, a, b)
+            # Canonical order: put the two responses in a content-determined order so that a source
+            # which always lists the preferred response first does not teach a position bias.
+            if label is not None and int(pid[-1], 16) % 2 == 1:
+                a, b, label = b, a, ("b" if label == "a" else "a")
+            kept.append(len(cols["split"]))
+            for k, v in (("pair_id", pid), ("prompt", prompt), ("response_a", a), ("response_b", b),
+                         ("human_label", label), ("source", self.source),
+                         ("split", assign_split(prompt, self.test_fraction, self.labeled_fraction, self.split_seed)),
+                         ("reason", None), ("detail", None), ("raw", None)):
+                cols[k].append(v)
+
+        if self.tokenizer and self.max_tokens and kept:
+            p = [cols["prompt"][i] for i in kept]
+            la = token_lengths(self.tokenizer, [x + cols["response_a"][i] for x, i in zip(p, kept)])
+            lb = token_lengths(self.tokenizer, [x + cols["response_b"][i] for x, i in zip(p, kept)])
+            for i, n_a, n_b in zip(kept, la, lb):
+                if max(n_a, n_b) > self.max_tokens:
+                    cols["raw"][i] = truncate_raw(cols["prompt"][i] + " || " + cols["response_a"][i] + " || " + cols["response_b"][i])
+                    cols["detail"][i] = f"{max(n_a, n_b)} tokens > max_tokens={self.max_tokens}"
+                    cols["reason"][i] = "too_long"
+                    cols["split"][i] = "quarantine"
+                    for k in ("pair_id", "prompt", "response_a", "response_b", "human_label"):
+                        cols[k][i] = None
+        return pa.table(cols, schema=BATCH_SCHEMA)

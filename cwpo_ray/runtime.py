@@ -1,0 +1,56 @@
+"""One way to get a Ray cluster, the same on a laptop and on a cluster.
+
+``init_ray`` connects to ``RayConfig.address`` or ``$RAY_ADDRESS`` when set (a cluster, or a job
+started by ``ray job submit``, where Ray sets it for the driver), else starts a light local Ray sized
+for the machine (no dashboard, small object store).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from cwpo_ray.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# Quiet, reproducible defaults for local runs; a cluster's own environment wins.
+_LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_AUTH_MODE": "disabled",
+    # Ray Data progress bars are useful on a terminal, noise in logs.
+    "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0"),
+}
+
+
+def init_ray(cfg: RayConfig | None = None):
+    """Connect to (or start) Ray once per process and return the ``ray`` module."""
+    import ray
+
+    cfg = cfg or RayConfig()
+    if ray.is_initialized():
+        return ray
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    for k, v in _LOCAL_ENV.items():
+        os.environ.setdefault(k, v)
+    runtime_env = {"env_vars": {k: os.environ[k] for k in ("TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE") if k in os.environ}}
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        num_cpus = cfg.num_cpus or os.cpu_count() or 1
+        log.info("starting a local Ray (%d CPUs)", num_cpus)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=cfg.num_gpus,
+            include_dashboard=False,
+            object_store_memory=cfg.object_store_mb * 2**20,
+            _temp_dir=os.environ.get("CWPO_RAY_TMP", os.path.join(tempfile.gettempdir(), "cwpo_ray")),
+            runtime_env=runtime_env,
+            log_to_driver=True,
+        )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"
+    return ray

@@ -1,0 +1,111 @@
+"""The canonical Arrow schemas and the per-row rules every stage shares.
+
+A *pair* is (prompt, response_a, response_b) with an optional human label saying which response is
+better. ``pair_id`` is a stable hash of the content (independent of the order of the two responses),
+so outputs of every stage can be joined, de-duplicated and resumed by it.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pyarrow as pa
+
+PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("response_a", pa.string(), nullable=False),
+        pa.field("response_b", pa.string(), nullable=False),
+        pa.field("human_label", pa.string()),  # "a" | "b" | null
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+# Where rows that could not be used go, with a reason; never dropped silently.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("raw", pa.string()),  # the offending input, truncated, for a human to read
+    ]
+)
+
+# Output of `annotate`: TRL's prompt/chosen/rejected columns plus the CW-PO confidence.
+LABELED_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("score_chosen", pa.float32()),
+        pa.field("score_rejected", pa.float32()),
+        pa.field("confidence", pa.float32()),
+        pa.field("human_label_agrees", pa.bool_()),
+    ]
+)
+
+SPLITS = ("labeled", "unlabeled", "test")
+RAW_TRUNCATE = 2000
+
+
+def pair_id(prompt: str, response_a: str, response_b: str) -> str:
+    """Stable 16-hex-digit id of a pair's content; swapping the two responses keeps the id."""
+    lo, hi = sorted((response_a, response_b))
+    h = hashlib.blake2b(digest_size=8)
+    for part in (prompt, lo, hi):
+        b = part.encode("utf-8", "surrogatepass")
+        h.update(struct.pack("<Q", len(b)))
+        h.update(b)
+    return h.hexdigest()
+
+
+def _unit(seed: int, salt: str, text: str) -> float:
+    d = hashlib.blake2b(f"{seed}\x1f{salt}\x1f".encode() + text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(d, "little") / 2**64
+
+
+def assign_split(prompt: str, test_fraction: float, labeled_fraction: float, seed: int = 0) -> str:
+    """Deterministic split by a hash of the *prompt* (so no test prompt leaks into training).
+
+    ``test_fraction`` of prompts go to test; of the rest, ``labeled_fraction`` keep their human
+    labels for the annotator and the remainder form the unlabeled pool. Independent of row order.
+    """
+    if _unit(seed, "test", prompt) < test_fraction:
+        return "test"
+    return "labeled" if _unit(seed, "labeled", prompt) < labeled_fraction else "unlabeled"
+
+
+def _bad_text(value: object, name: str) -> str | None:
+    if value is None:
+        return f"null_field:{name}"
+    if not isinstance(value, str):
+        return f"non_string:{name}"
+    if not value.strip():
+        return f"empty_field:{name}"
+    if "\ufffd" in value:
+        return f"bad_utf8:{name}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from a surrogateescape decode
+        return f"bad_utf8:{name}"
+    return None
+
+
+def validate_pair(prompt: object, response_a: object, response_b: object, human_label: object = None) -> str | None:
+    """Return why a pair is unusable (a short machine-readable reason), or None if it is fine."""
+    for value, name in ((prompt, "prompt"), (response_a, "response_a"), (response_b, "response_b")):
+        reason = _bad_text(value, name)
+        if reason:
+            return reason
+    if response_a.strip() == response_b.strip():  # type: ignore[union-attr]
+        return "identical_responses"
+    if human_label not in (None, "a", "b"):
+        return "bad_label"
+    return None
+
+
+def truncate_raw(obj: object) -> str:
+    s = obj if isinstance(obj, str) else repr(obj)
+    return s if len(s) <= RAW_TRUNCATE else s[:RAW_TRUNCATE] + "…"

@@ -1,0 +1,71 @@
+"""Tiny real HF models and a locally trained tokenizer for the synthetic task (nothing downloaded).
+
+The weak annotator and the student are real HF architectures built from a config and saved with
+``save_pretrained``, so every downstream code path (Ray Train, Ray Data actors, vLLM) loads them
+exactly as it would load ``facebook/opt-125m`` or ``Qwen/Qwen2.5-0.5B`` from the hub.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from cwpo_ray.config import StrictModel
+
+SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+class TinyModelConfig(StrictModel):
+    arch: Literal["qwen2", "llama", "opt"] = "qwen2"
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 256
+    seed: int = 0
+
+
+def train_tokenizer(corpus: list[str], out_dir: str | Path, vocab_size: int = 512):
+    """Byte-level BPE trained on ``corpus`` with ``tokenizers``, saved as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+    fast.padding_side = "right"
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def build_tiny_causal_lm(cfg: TinyModelConfig, tokenizer, out_dir: str | Path) -> Path:
+    """A randomly initialised tiny causal LM (+ its tokenizer) saved with ``save_pretrained``."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, Qwen2Config
+
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if cfg.arch == "opt":
+        hf_cfg = OPTConfig(hidden_size=cfg.hidden_size, ffn_dim=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                           num_attention_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
+                           word_embed_proj_dim=cfg.hidden_size, **ids)
+    else:
+        cls = Qwen2Config if cfg.arch == "qwen2" else LlamaConfig
+        hf_cfg = cls(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                     num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_positions,
+                     tie_word_embeddings=True, **ids)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_config(hf_cfg)
+    out = Path(out_dir)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out

@@ -1,0 +1,73 @@
+"""Shared fixtures: offline HF, one Ray cluster per test session, the synthetic task built once."""
+from __future__ import annotations
+
+import os
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "DS_ACCELERATOR": "cpu",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (2 CPUs, small object store)."""
+    import ray
+
+    from cwpo_ray.config import RayConfig
+    from cwpo_ray.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2, object_store_mb=512))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_assets(tmp_path_factory):
+    """The synthetic task (1,500 pairs), its tokenizer and tiny weak/student base models."""
+    from cwpo_ray.synthetic.build import SyntheticConfig, build_synthetic
+    from cwpo_ray.synthetic.task import SyntheticTaskConfig
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return build_synthetic(SyntheticConfig(output_dir=str(out), task=SyntheticTaskConfig(num_pairs=1500, seed=0)))
+
+
+@pytest.fixture(scope="session")
+def prepared_data(ray_session, synthetic_assets, tmp_path_factory):
+    """`prepare` run once on the synthetic task: {labeled,unlabeled,test}/*.parquet."""
+    from cwpo_ray.config import build_config
+    from cwpo_ray.prepare.config import PrepareConfig
+    from cwpo_ray.prepare.stage import run_prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    cfg = build_config(PrepareConfig, {
+        "sources": [{"format": "canonical", "path": synthetic_assets["data"], "name": "synthetic"}],
+        "output_dir": str(out), "tokenizer": synthetic_assets["tokenizer"], "max_tokens": 128,
+    })
+    summary = run_prepare(cfg)
+    return {"dir": str(out), "summary": summary}
