@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.datasource import FileBasedDatasource
@@ -68,10 +69,9 @@ class SplitParquetSink(Datasink):
             for block in blocks:
                 if block.num_rows == 0:
                     continue
-                split_col = block.column("split").to_pylist()
-                for split in set(split_col):
-                    mask = pa.array([s == split for s in split_col])
-                    part = block.filter(mask)
+                split_col = block.column("split")
+                for split in pc.unique(split_col).to_pylist():
+                    part = block.filter(pc.equal(split_col, split))
                     if split == "quarantine":
                         table = part.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
                         counts.update(f"reason:{r}" for r in part.column("reason").to_pylist())

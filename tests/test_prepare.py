@@ -1,0 +1,103 @@
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cwpo_ray.config import build_config
+from cwpo_ray.prepare.config import PrepareConfig
+from cwpo_ray.prepare.stage import format_summary, run_prepare
+from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA
+from tests.formats import HH_PROMPT_0, HH_ROWS, TLDR_ROWS, UFB_ROWS, write_jsonl
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _read(d, split):
+    import glob
+
+    files = sorted(glob.glob(f"{d}/{split}/*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def _prepare(tmp_path, sources, **kw):
+    cfg = build_config(PrepareConfig, {"sources": sources, "output_dir": str(tmp_path / "out"), "max_tokens": None, **kw})
+    return run_prepare(cfg), str(tmp_path / "out")
+
+
+def test_hh_with_corrupted_rows(ray_session, tmp_path):
+    corrupted = [
+        b'{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: hello", "rejected": null}',       # null field
+        b'{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: hello", ',                          # truncated JSON
+        b'{"chosen": "\\n\\nHuman: caf\xe9\\n\\nAssistant: x", "rejected": "y"}',         # latin-1 byte, bad UTF-8
+        b'{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: same", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: same"}',
+        b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: x", "rejected": "\\n\\nHuman: b\\n\\nAssistant: y"}',
+        b'{"rejected": "\\n\\nHuman: hi\\n\\nAssistant: no"}',                             # missing column
+        b'[1, 2, 3]',                                                                    # not an object
+    ]
+    path = write_jsonl(tmp_path / "hh.jsonl", HH_ROWS, corrupted)
+    s, out = _prepare(tmp_path, [{"format": "hh_rlhf", "path": path}], test_fraction=0.0, labeled_fraction=1.0)
+    assert s["rows_in"] == len(HH_ROWS) + len(corrupted)
+    assert s["kept"] == len(HH_ROWS) and s["quarantined"] == len(corrupted)
+    assert s["kept"] + s["quarantined"] == s["rows_in"]
+    assert s["quarantine_reasons"] == {
+        "null_field:rejected": 1, "bad_json": 2, "bad_utf8": 1, "identical_responses": 1,
+        "hh_prompt_mismatch": 1, "missing_column:chosen": 1,
+    }
+    q = _read(out, "quarantine")
+    assert q.schema.equals(QUARANTINE_SCHEMA)
+    details = q.column("detail").to_pylist()
+    assert all("hh.jsonl:" in d for d in details), details  # file:line for a human to find the row
+    kept = _read(out, "labeled")
+    assert kept.schema.equals(PAIR_SCHEMA)
+    rows = {r["prompt"]: r for r in kept.to_pylist()}
+    r0 = rows[HH_PROMPT_0]
+    chosen = r0["response_a"] if r0["human_label"] == "a" else r0["response_b"]
+    assert chosen == "Snake plants tolerate low light well."
+    assert "Human:" not in r0["response_a"] + r0["response_b"]
+    assert "quarantined" in format_summary(s)
+
+
+def test_split_is_independent_of_row_order(ray_session, tmp_path, synthetic_assets):
+    lines = open(synthetic_assets["data"]).read().splitlines()[:600]
+    random.Random(0).shuffle(lines)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(reversed(lines)) + "\n")
+    maps = []
+    for name in ("a", "b"):
+        s, out = _prepare(tmp_path / name, [{"format": "canonical", "path": str(tmp_path / f"{name}.jsonl")}])
+        assert s["rows_in"] == 600
+        m = {}
+        for split in ("labeled", "unlabeled", "test"):
+            t = _read(out, split)
+            for pid, lab in zip(t.column("pair_id").to_pylist(), t.column("human_label").to_pylist()):
+                m[pid] = (split, lab)
+        maps.append(m)
+    assert maps[0] == maps[1] and len(maps[0]) == 600
+
+
+def test_many_formats_and_length_filter(ray_session, tmp_path, synthetic_assets):
+    pq.write_table(pa.Table.from_pylist(TLDR_ROWS), tmp_path / "tldr.parquet")
+    harmless = write_jsonl(tmp_path / "harmless.jsonl", HH_ROWS[:2])
+    helpful = write_jsonl(tmp_path / "helpful.jsonl", HH_ROWS[2:])
+    ufb = write_jsonl(tmp_path / "ufb.jsonl", UFB_ROWS)
+    long_row = {"prompt": "x " * 400, "chosen": "a", "rejected": "b"}
+    pq.write_table(pa.Table.from_pylist([long_row]), tmp_path / "long.parquet")
+    s, out = _prepare(tmp_path, [
+        {"format": "hh_rlhf", "path": harmless, "name": "hh/harmless"},
+        {"format": "hh_rlhf", "path": helpful, "name": "hh/helpful"},
+        {"format": "ultrafeedback", "path": ufb},
+        {"format": "tldr", "path": str(tmp_path / "tldr.parquet")},
+        {"format": "generic", "path": str(tmp_path / "long.parquet"), "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}},
+    ], tokenizer=synthetic_assets["tokenizer"], max_tokens=300)
+    assert s["rows_in"] == 2 + 1 + 2 + 2 + 1
+    assert s["quarantine_reasons"] == {"too_long": 1}
+    assert set(s["per_source"]) == {"hh/harmless", "hh/helpful", "ultrafeedback", "tldr", "generic"}
+    assert sum(s["splits"].values()) == 7
+    q = _read(out, "quarantine").to_pylist()
+    assert "max_tokens=300" in q[0]["detail"]
+    summary = json.loads(open(f"{out}/summary.json").read())
+    assert summary["kept"] == 7

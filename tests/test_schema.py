@@ -1,0 +1,38 @@
+import random
+
+from cwpo_ray.schema import assign_split, pair_id, validate_pair
+
+
+def test_pair_id_is_stable_and_order_free():
+    a = pair_id("p", "x", "y")
+    assert a == pair_id("p", "y", "x") == "%s" % a
+    assert len(a) == 16 and int(a, 16) >= 0
+    assert a != pair_id("p2", "x", "y") and a != pair_id("p", "x", "z")
+    # no ambiguity from concatenation
+    assert pair_id("ab", "c", "d") != pair_id("a", "bc", "d")
+
+
+def test_split_is_deterministic_and_order_independent():
+    prompts = [f"prompt {i}" for i in range(5000)]
+    first = {p: assign_split(p, 0.1, 0.3, seed=0) for p in prompts}
+    shuffled = prompts[:]
+    random.Random(1).shuffle(shuffled)
+    assert {p: assign_split(p, 0.1, 0.3, seed=0) for p in shuffled} == first
+    n = len(prompts)
+    test = sum(s == "test" for s in first.values()) / n
+    labeled = sum(s == "labeled" for s in first.values()) / n
+    assert abs(test - 0.1) < 0.02
+    assert abs(labeled - 0.9 * 0.3) < 0.03
+    # another seed gives another split
+    assert {p: assign_split(p, 0.1, 0.3, seed=1) for p in prompts} != first
+
+
+def test_validate_pair_reasons():
+    assert validate_pair("p", "a", "b", "a") is None
+    assert validate_pair(None, "a", "b") == "null_field:prompt"
+    assert validate_pair("p", 3, "b") == "non_string:response_a"
+    assert validate_pair("p", "a", "  ") == "empty_field:response_b"
+    assert validate_pair("p", "a", " a ") == "identical_responses"
+    assert validate_pair("p\ufffd", "a", "b") == "bad_utf8:prompt"
+    assert validate_pair("p", "a\udcff", "b") == "bad_utf8:response_a"
+    assert validate_pair("p", "a", "b", "c") == "bad_label"
