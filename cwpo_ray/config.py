@@ -87,19 +87,21 @@ def build_config(cls: type[C], data: dict[str, Any] | None = None, overrides: li
         raise ConfigError(format_validation_error(e)) from None
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Load ``cls`` from a YAML file (optional) with ``key=value`` overrides on top."""
+def load_config(cls: type[C], path: str | Path | list | None = None, overrides: list[str] | None = None) -> C:
+    """Load ``cls`` from YAML file(s) (optional; later files deep-merge over earlier ones) with
+    ``key=value`` overrides on top."""
     data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
+    for p in [] if path is None else (path if isinstance(path, list) else [path]):
+        p = Path(p)
         if not p.exists():
             raise ConfigError(f"config error: file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config error: {p}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config error: {p}: top level must be a mapping, got {type(data).__name__}")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config error: {p}: top level must be a mapping, got {type(loaded).__name__}")
+        data = deep_merge(data, loaded)
     return build_config(cls, data, overrides)
 
 

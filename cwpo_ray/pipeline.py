@@ -1,52 +1,216 @@
-"""`cwpo demo` / `cwpo pipeline`: the stages in one run directory.
+"""`cwpo pipeline` / `cwpo demo`: prepare → train-annotator → annotate → sft → align (methods) → evaluate.
 
-Stages land here as they are implemented; ``cwpo demo`` runs the pipeline on the embedded synthetic
-task with tiny models (the defaults of :class:`PipelineConfig`).
+Every stage writes into one run directory and is recorded in ``{run_dir}/manifest.json`` with a key
+over its config and the content fingerprints of its inputs (see :mod:`cwpo_ray.manifest`): re-running
+skips finished stages, so an interrupted pipeline resumes where it stopped, and changing a setting
+re-runs exactly the stages downstream of it.
+
+``cwpo demo`` is this pipeline with ``cwpo_ray/configs/demo.yaml`` as its base config: the embedded
+synthetic task, tiny models, hyperparameters scaled for them.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
 from cwpo_ray.config import RayConfig, StrictModel
+from cwpo_ray.evaluate.config import EvaluateConfig
+from cwpo_ray.manifest import Manifest
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
+from cwpo_ray.student.config import AlignConfig, SFTConfig
 from cwpo_ray.synthetic.build import SyntheticConfig
 
 log = logging.getLogger(__name__)
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+class MethodSpec(StrictModel):
+    """One student alignment run. ``labels``: weak (annotate's output), human_labeled (the labeled
+    fraction's human labels) or human_all (human labels of labeled + unlabeled pool: Human-DPO 100%)."""
+
+    labels: Literal["weak", "human_labeled", "human_all"] = "weak"
+    loss: Literal["dpo", "ipo", "rdpo"] = "dpo"
+    weighting: Literal["confidence", "none", "top_fraction", "sigmoid_delta", "clip_delta", "scaled_clip_delta"] = "confidence"
+    top_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    beta: float | None = Field(default=None, gt=0)  # default: align.beta
+
+
+def _default_methods() -> dict[str, MethodSpec]:
+    return {"cw-dpo": MethodSpec(weighting="confidence"), "ws-dpo": MethodSpec(weighting="none")}
 
 
 class PipelineConfig(StrictModel):
-    run_dir: str = "runs/demo"
+    run_dir: str = "runs/pipeline"
     ray: RayConfig = Field(default_factory=RayConfig)
-    # The embedded synthetic task; set to null and give prepare.sources to run on real data.
+    # The embedded synthetic task; null (and prepare.sources) to run on real data.
     synthetic: SyntheticConfig | None = Field(default_factory=SyntheticConfig)
+    # Stage configs: paths (data_dir, output_dir, model, ...) are filled in by the pipeline when unset.
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    annotator: AnnotatorTrainConfig = Field(default_factory=AnnotatorTrainConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
+    methods: dict[str, MethodSpec] = Field(default_factory=_default_methods, min_length=1)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    stages: list[Literal["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"]] = Field(
+        default_factory=lambda: ["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"])
+
+    @model_validator(mode="after")
+    def _gold_matches_data(self):
+        if self.synthetic is None and self.evaluate.gold.kind == "synthetic" and "evaluate" in self.stages:
+            raise ValueError("evaluate.gold.kind=synthetic only scores the synthetic task; on real data set "
+                             "evaluate.gold.kind=hf and evaluate.gold.model")
+        if self.synthetic is None and not self.prepare.sources and "prepare" in self.stages:
+            raise ValueError("prepare.sources is empty and synthetic is null: nothing to prepare")
+        return self
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    from cwpo_ray.prepare.stage import format_summary, run_prepare
-    from cwpo_ray.synthetic.build import build_synthetic
+def _fill(cfg: StrictModel, **paths) -> StrictModel:
+    """Set the path fields the user left unset."""
+    return cfg.model_copy(update={k: v for k, v in paths.items() if getattr(cfg, k) in (None, "", [])})
 
-    run = Path(cfg.run_dir)
+
+def _link_tree(srcs: list[Path], dst: Path) -> None:
+    """Hard-link (or copy) the parquet files of several folders into one folder."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for src in srcs:
+        for f in sorted(src.glob("*.parquet")):
+            target = dst / f"{src.name}-{f.name}"
+            if not target.exists():
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copy2(f, target)
+
+
+def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> dict:
+    """Run the stages; ``train_callbacks`` (e.g. Tune's TuneReportCallback) go to align's TorchTrainer."""
+    from cwpo_ray.runtime import init_ray
+
+    run = Path(cfg.run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
-    out: dict = {"run_dir": str(run)}
-    prep = cfg.prepare.model_copy(update={"ray": cfg.ray})
-    t0 = time.time()
+    (run / "config.yaml").write_text(__import__("cwpo_ray.config", fromlist=["dump_config"]).dump_config(cfg))
+    m = Manifest(run)
+    init_ray(cfg.ray)
+    fps: dict[str, str] = {}
+    out: dict = {"run_dir": str(run), "stages": {}}
+    t_start = time.time()
+
+    def stage(name: str, stage_cfg, inputs: dict[str, str], output: Path, fn, fmt=None):
+        t = time.time()
+        print(f"\n=== {name} ===", flush=True)
+        fp, result, skipped = m.run(name, stage_cfg.model_dump(mode="json") if hasattr(stage_cfg, "model_dump") else stage_cfg,
+                                    inputs, output, fn)
+        fps[name] = fp
+        out["stages"][name] = {"skipped": skipped, "seconds": round(time.time() - t, 1), "output": str(output)}
+        if skipped:
+            print(f"{name}: up to date, skipped ({output})")
+        elif fmt and result is not None:
+            print(fmt(result))
+        print(f"[{name}: {time.time() - t:.1f}s, pipeline {time.time() - t_start:.0f}s]", flush=True)
+        return result
+
+    # 1. synthesize (embedded task) -------------------------------------------------------------
+    paths: dict[str, str] = {}
     if cfg.synthetic is not None:
-        syn = cfg.synthetic.model_copy(update={"output_dir": cfg.synthetic.output_dir or str(run / "synthetic")})
-        paths = build_synthetic(syn)
-        print(f"synthesize: {syn.task.num_pairs} pairs, tokenizer and tiny models in {syn.output_dir} "
-              f"({time.time() - t0:.1f}s)")
-        out["synthetic"] = paths
-        if not prep.sources:
-            prep = prep.model_copy(update={"sources": [SourceConfig(format="canonical", path=paths["data"], name="synthetic")],
-                                           "tokenizer": prep.tokenizer or paths["tokenizer"]})
-    prep = prep.model_copy(update={"output_dir": prep.output_dir or str(run / "data")})
-    t0 = time.time()
-    summary = run_prepare(prep)
-    print(format_summary(summary) + f"\n  ({time.time() - t0:.1f}s)")
-    out["prepare"] = summary
+        from cwpo_ray.synthetic.build import build_synthetic
+
+        syn = _fill(cfg.synthetic, output_dir=str(run / "synthetic"))
+        stage("synthesize", syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn))
+        import json
+
+        paths = json.loads((Path(syn.output_dir) / "manifest.json").read_text())["paths"]
+
+    # 2. prepare ------------------------------------------------------------------------------------
+    from cwpo_ray.prepare.stage import format_summary, run_prepare
+
+    prep = cfg.prepare.model_copy(update={"ray": cfg.ray})
+    if not prep.sources and paths:
+        prep = prep.model_copy(update={"sources": [SourceConfig(format="canonical", path=paths["data"], name="synthetic")]})
+    prep = _fill(prep, output_dir=str(run / "data"), tokenizer=paths.get("tokenizer"))
+    data = Path(prep.output_dir)
+    if "prepare" in cfg.stages:
+        stage("prepare", prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep), format_summary)
+
+    # 3. train-annotator ---------------------------------------------------------------------------
+    from cwpo_ray.annotator.train import format_train_annotator, run_train_annotator
+
+    ann = _fill(cfg.annotator.model_copy(update={"ray": cfg.ray}), model=paths.get("weak_base"), data_dir=str(data),
+                output_dir=str(run / "annotator"))
+    if "train-annotator" in cfg.stages:
+        stage("train-annotator", ann, {"data": fps.get("prepare", "")}, Path(ann.output_dir),
+              lambda: run_train_annotator(ann), format_train_annotator)
+
+    # 4. annotate -------------------------------------------------------------------------------------
+    from cwpo_ray.annotator.annotate import format_annotate, run_annotate
+
+    annot = _fill(cfg.annotate.model_copy(update={"ray": cfg.ray}), model=str(Path(ann.output_dir) / "model"),
+                  data_dir=str(data), output_dir=str(run / "annotated"))
+    if "annotate" in cfg.stages:
+        stage("annotate", annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
+              Path(annot.output_dir), lambda: run_annotate(annot.model_copy(update={"overwrite": True})), format_annotate)
+
+    # 5. sft: the student on (prompt, human-chosen) of the labeled fraction ----------------------------
+    from cwpo_ray.student.sft import format_sft, run_sft
+
+    sft = _fill(cfg.sft.model_copy(update={"ray": cfg.ray}), model=paths.get("student_base"),
+                data_dir=str(data / "labeled"), output_dir=str(run / "sft"))
+    if cfg.sft.data_dir is None:
+        sft = sft.model_copy(update={"data_format": "pairs"})
+    if "sft" in cfg.stages:
+        stage("sft", sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft)
+    sft_model = str(Path(sft.output_dir) / "model")
+
+    # 6. align: one student per method ----------------------------------------------------------------
+    from cwpo_ray.student.align import format_align, run_align
+
+    label_data = {
+        "weak": (str(Path(annot.output_dir) / "labeled"), "labeled", fps.get("annotate", "")),
+        "human_labeled": (str(data / "labeled"), "pairs", fps.get("prepare", "")),
+        "human_all": (str(run / "human_all"), "pairs", fps.get("prepare", "")),
+    }
+    if any(ms.labels == "human_all" for ms in cfg.methods.values()):
+        _link_tree([data / "labeled", data / "unlabeled"], run / "human_all")
+    models: dict[str, str] = {}
+    for name, ms in cfg.methods.items():
+        d, fmt, fp_in = label_data[ms.labels]
+        al = cfg.align.model_copy(update={
+            "ray": cfg.ray, "model": cfg.align.model or sft_model, "data_dir": d, "data_format": fmt,
+            "output_dir": str(run / "align" / name), "loss": ms.loss, "weighting": ms.weighting,
+            "top_fraction": ms.top_fraction, "beta": ms.beta or cfg.align.beta})
+        al = AlignConfig.model_validate(al.model_dump())
+        models[name] = str(Path(al.output_dir) / "model")
+        if "align" in cfg.stages:
+            stage(f"align/{name}", al, {"data": fp_in, "sft": fps.get("sft", "")}, Path(al.output_dir),
+                  lambda al=al: run_align(al, callbacks=train_callbacks),
+                  format_align)
+
+    # 7. evaluate: GRA of every method against the SFT model ------------------------------------------
+    from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
+
+    ev = _fill(cfg.evaluate.model_copy(update={"ray": cfg.ray}), prompts_path=str(data / "test"), sft_model=sft_model,
+               output_dir=str(run / "eval"), models=models)
+    if "evaluate" in cfg.stages:
+        inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models}}
+        stage("evaluate", ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev), format_evaluate)
+        out["report"] = str(Path(ev.output_dir) / "report.md")
+    out["seconds"] = round(time.time() - t_start, 1)
     return out
+
+
+def format_pipeline(out: dict) -> str:
+    lines = [f"\npipeline finished in {out['seconds']:.0f}s: {out['run_dir']}"]
+    for name, s in out["stages"].items():
+        took = "skipped (up to date)" if s["skipped"] else f"{s['seconds']:.1f}s"
+        lines.append(f"  {name:<22} {took}")
+    if "report" in out:
+        lines.append(f"report: {out['report']}")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""`cwpo sweep` on Ray Tune (Train V2 style): each trial is a function that runs the pipeline stages
+it needs — the TorchTrainer inside `align` reports through ``TuneReportCallback`` — and ends by
+reporting its GRA. Passing a Trainer to ``Tuner`` is not supported in Train V2; see shared notes.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import itertools
+import json
+import time
+from pathlib import Path
+
+from cwpo_ray.config import load_config
+from cwpo_ray.sweep.config import SweepConfig
+
+
+def trial_name(p: dict) -> str:
+    return f"lf{p['labeled_fraction']}-{p['loss']}-{p['weighting']}-b{p['beta']}"
+
+
+def method_name(p: dict) -> str:
+    prefix = {"confidence": "cw-", "none": "", "top_fraction": "top-"}.get(p["weighting"], p["weighting"] + "-")
+    return f"{prefix}{p['loss']}"
+
+
+def grid(cfg: SweepConfig) -> list[dict]:
+    return [dict(labeled_fraction=lf, loss=lo, weighting=w, beta=b)
+            for lf, lo, w, b in itertools.product(cfg.labeled_fraction, cfg.loss, cfg.weighting, cfg.beta)]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def base_pipeline(cfg: SweepConfig):
+    from cwpo_ray.config import build_config, deep_merge
+    from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig
+
+    import yaml
+
+    base: dict = {}
+    if cfg.pipeline_config:
+        path = DEMO_CONFIG if cfg.pipeline_config == "demo" else Path(cfg.pipeline_config)
+        base = load_config(PipelineConfig, path).model_dump(mode="json")
+    return build_config(PipelineConfig, deep_merge(base, cfg.pipeline))
+
+
+def run_trial(params: dict, sweep: dict) -> dict:
+    """One trial: shared stages for its labeled fraction (under a lock), then its own align + evaluate."""
+    from ray import tune
+
+    from cwpo_ray.pipeline import MethodSpec, run_pipeline
+
+    cfg = SweepConfig.model_validate(sweep)
+    out = Path(cfg.output_dir).resolve()
+    base = base_pipeline(cfg)
+    lf_dir = out / f"labeled_fraction={params['labeled_fraction']}"
+    shared = base.model_copy(update={
+        "run_dir": str(lf_dir), "stages": ["prepare", "train-annotator", "annotate", "sft"],
+        "prepare": base.prepare.model_copy(update={"labeled_fraction": params["labeled_fraction"]}),
+    })
+    with file_lock(lf_dir / ".lock"):
+        run_pipeline(shared)
+    name = method_name(params)
+    tdir = out / "trials" / trial_name(params)
+    own = shared.model_copy(update={
+        "run_dir": str(tdir), "stages": ["align", "evaluate"],
+        "methods": {name: MethodSpec(loss=params["loss"], weighting=params["weighting"],
+                                     top_fraction=cfg.top_fraction, beta=params["beta"])},
+        # upstream outputs live in the shared folder
+        "synthetic": shared.synthetic.model_copy(update={"output_dir": str(lf_dir / "synthetic")}) if shared.synthetic else None,
+        "prepare": shared.prepare.model_copy(update={"output_dir": str(lf_dir / "data")}),
+        "annotator": shared.annotator.model_copy(update={"output_dir": str(lf_dir / "annotator")}),
+        "annotate": shared.annotate.model_copy(update={"output_dir": str(lf_dir / "annotated")}),
+        "sft": shared.sft.model_copy(update={"output_dir": str(lf_dir / "sft")}),
+    })
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = run_pipeline(own, train_callbacks=[TuneReportCallback()])
+    metrics = json.loads((Path(res["report"]).parent / "metrics.json").read_text())
+    m = metrics["methods"][name]
+    final = {"gra": m["gra"], "gra_ci_low": m["gra_ci"][0], "gra_ci_high": m["gra_ci"][1],
+             "ties": m["tie_rate"], "gold_gain": m["mean_gain"], "trial_dir": str(tdir), "method": name, **params}
+    tune.report(final)
+    return final
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    from ray import tune
+
+    from cwpo_ray.runtime import init_ray
+
+    init_ray(cfg.ray)
+    base_pipeline(cfg)  # fail fast on a bad base config, before any trial starts
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    space = {k: tune.grid_search(getattr(cfg, k)) for k in ("labeled_fraction", "loss", "weighting", "beta")}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=cfg.model_dump(mode="json")),
+                                    {"CPU": cfg.trial_cpus})
+    scheduler = None
+    if cfg.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        a = cfg.asha
+        scheduler = ASHAScheduler(metric=a.metric, mode=a.mode, grace_period=a.grace_period,
+                                  reduction_factor=a.reduction_factor, max_t=a.max_t)
+    t = time.time()
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials, scheduler=scheduler),
+        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune")),
+    )
+    grid_results = tuner.fit()
+    rows = []
+    for r in grid_results:
+        m = r.metrics or {}
+        rows.append({**{k: r.config[k] for k in ("labeled_fraction", "loss", "weighting", "beta")},
+                     "method": method_name(r.config), "gra": m.get("gra"), "gra_ci_low": m.get("gra_ci_low"),
+                     "gra_ci_high": m.get("gra_ci_high"), "gold_gain": m.get("gold_gain"),
+                     "status": "error" if r.error else ("stopped_early" if m.get("gra") is None else "ok")})
+    rows.sort(key=lambda r: (r["labeled_fraction"], r["method"], r["beta"]))
+    write_results(rows, out)
+    summary = {"trials": len(rows), "ok": sum(r["status"] == "ok" for r in rows), "seconds": round(time.time() - t, 1),
+               "results_csv": str(out / "results.csv"), "results_md": str(out / "results.md"), "rows": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_results(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ["labeled_fraction", "method", "loss", "weighting", "beta", "gra", "gra_ci_low", "gra_ci_high", "gold_gain", "status"]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+
+    ok = [r for r in rows if r["gra"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, xkey, other in ((axes[0], "labeled_fraction", "beta"), (axes[1], "beta", "labeled_fraction")):
+        groups: dict = {}
+        for r in ok:
+            groups.setdefault((r["method"], r[other]), []).append(r)
+        for (method, o), rs in sorted(groups.items()):
+            rs = sorted(rs, key=lambda r: r[xkey])
+            x = [r[xkey] for r in rs]
+            y = [r["gra"] for r in rs]
+            err = [[r["gra"] - r["gra_ci_low"] for r in rs], [r["gra_ci_high"] - r["gra"] for r in rs]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{method} ({other}={o})")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(xkey.replace("_", " "))
+        ax.set_ylabel("GRA vs SFT")
+        ax.set_title(f"GRA vs {xkey.replace('_', ' ')}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gra_sweep.png", dpi=120)
+    plt.close(fig)
+
+
+def format_sweep(s: dict) -> str:
+    lines = [f"sweep: {s['ok']}/{s['trials']} trials finished in {s['seconds']:.0f}s"]
+    for r in s["rows"]:
+        g = "—" if r["gra"] is None else f"{r['gra']:.3f} [{r['gra_ci_low']:.3f}, {r['gra_ci_high']:.3f}]"
+        lines.append(f"  lf={r['labeled_fraction']:<5} {r['method']:<12} beta={r['beta']:<5} GRA {g}  ({r['status']})")
+    lines.append(f"  table: {s['results_md']}  plot: {Path(s['results_md']).parent / 'gra_sweep.png'}")
+    return "\n".join(lines)
