@@ -1,0 +1,122 @@
+"""`cwpo align`: confidence-weighted DPO / IPO / rDPO of the student against its SFT reference.
+
+Pure core: :func:`cwpo_ray.student.steps.align_loss` (losses and weights in
+:mod:`cwpo_ray.student.losses`). Ray wrappers: an optional Ray Data pass that precomputes the
+reference log-probs once (:class:`RefLogprobScorer`), and the shared TorchTrainer + DeepSpeed loop.
+"""
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from cwpo_ray import io
+from cwpo_ray.runtime import init_ray
+from cwpo_ray.student.config import AlignConfig
+from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encode_rows
+from cwpo_ray.student.stage import fit, load_pairs, require, train_metrics, with_weights, write_summary
+
+
+class RefLogprobScorer:
+    """Ray Data actor: adds summed reference log-probs and response token counts of chosen/rejected."""
+
+    def __init__(self, model: str, tokenizer: str | None, max_length: int, max_prompt_length: int,
+                 chunk_size: int = 1024, batch_size: int = 16, trust_remote_code: bool = False, bf16: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from cwpo_ray.student.logprobs import SequenceLogprobs
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
+        self.enc = PairEncoder(tok, max_length, max_prompt_length)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                  trust_remote_code=trust_remote_code)
+        self.model = SequenceLogprobs(lm, chunk_size).to(self.device).eval()
+        self.batch_size = batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        cols = {c: batch.column(c).to_pylist() for c in ("prompt", "chosen", "rejected")}
+        rows = encode_rows(cols, self.enc)
+        out = {c: [] for c in REF_COLUMNS}
+        with self.torch.no_grad():
+            for s in range(0, len(rows), self.batch_size):
+                group = rows[s:s + self.batch_size]
+                b = collate_pairs(group, self.enc.pad)
+                logp, ntok = self.model(*(b[k].to(self.device) for k in ("input_ids", "attention_mask", "response_mask")))
+                n = len(group)
+                out["ref_chosen_logp"] += logp[:n].tolist()
+                out["ref_rejected_logp"] += logp[n:].tolist()
+                out["chosen_ntok"] += ntok[:n].tolist()
+                out["rejected_ntok"] += ntok[n:].tolist()
+        for c in REF_COLUMNS:
+            batch = batch.append_column(c, pa.array(out[c], pa.float32() if c.startswith("ref") else pa.int32()))
+        return batch
+
+
+def precompute_reference(ds, cfg: AlignConfig):
+    """One Ray Data pass over the pairs with the reference model; persisted to ``{output_dir}/ref_logprobs``."""
+    from ray.data import ActorPoolStrategy
+
+    ref = cfg.reference or cfg.model
+    out = ds.map_batches(
+        RefLogprobScorer,
+        fn_constructor_kwargs=dict(model=ref, tokenizer=cfg.tokenizer, max_length=cfg.max_length,
+                                   max_prompt_length=cfg.max_prompt_length, chunk_size=cfg.logprob_chunk_size,
+                                   batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code,
+                                   bf16=cfg.use_gpu and cfg.precision != "fp32"),
+        batch_format="pyarrow", batch_size=max(cfg.batch_size * 8, 64),
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.num_workers),
+        num_gpus=1 if cfg.use_gpu else 0, num_cpus=cfg.cpus_per_worker,
+    ).materialize()
+    path = io.join(cfg.output_dir, "ref_logprobs")
+    io.rmtree(path)
+    out.select_columns(["pair_id", *REF_COLUMNS]).write_parquet(path)
+    return out
+
+
+def run_align(cfg: AlignConfig, callbacks: list | None = None) -> dict:
+    """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``."""
+    require(cfg, "model", "data_dir", "output_dir")
+    init_ray(cfg.ray)
+    t0 = time.time()
+    ds, counts = load_pairs(cfg, needs_scores=cfg.weighting.endswith("delta"))
+    ds, wstats = with_weights(ds, cfg)
+    cols = ["pair_id", "prompt", "chosen", "rejected", "weight"]
+    ref_seconds = None
+    if cfg.reference_mode == "precomputed":
+        t1 = time.time()
+        ds = precompute_reference(ds.select_columns(cols), cfg)
+        ref_seconds = round(time.time() - t1, 1)
+        cols += list(REF_COLUMNS)
+    # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
+    res = fit("align", cfg, ds.select_columns(cols).materialize(), counts["rows_used"], has_ref_columns=cfg.reference_mode == "precomputed",
+              callbacks=callbacks)
+    hist = train_metrics(res["history"])
+    first, last = (hist[0], hist[-1]) if hist else ({}, {})
+    summary = {
+        "stage": "align", **counts, **{f"weights_{k}": v for k, v in wstats.items()},
+        "loss_type": cfg.loss, "weighting": cfg.weighting, "beta": cfg.beta, "reduction": cfg.reduction,
+        "reference_mode": cfg.reference_mode, "reference_seconds": ref_seconds,
+        "model_dir": res["model_dir"], "checkpoint": res["checkpoint"], "output_dir": cfg.output_dir, "zero_stage": cfg.zero_stage,
+        "num_workers": cfg.num_workers, "steps": last.get("step", 0), "fit_seconds": res["fit_seconds"],
+        "seconds": round(time.time() - t0, 1),
+        **{f"first_{k}": first.get(k) for k in ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")},
+        **{f"last_{k}": last.get(k) for k in ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")},
+        "resumed_from": max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
+        "history": hist,
+    }
+    return write_summary(cfg, summary)
+
+
+def format_align(s: dict) -> str:
+    lines = [f"align ({s['loss_type']}, weighting={s['weighting']}, beta={s['beta']}, log-probs {s['reduction']}): "
+             f"{s['rows_used']} pairs ({s['quarantined']} quarantined), {s['steps']} steps on {s['num_workers']} "
+             f"workers (ZeRO-{s['zero_stage']}, reference {s['reference_mode']}) in {s['fit_seconds']}s"]
+    if s.get("first_loss") is not None:
+        lines.append(f"  loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}; reward margin {s['first_reward_margin']:.3f} -> "
+                     f"{s['last_reward_margin']:.3f}; weighted pref acc {s['first_weighted_pref_acc']:.3f} -> "
+                     f"{s['last_weighted_pref_acc']:.3f}")
+    lines.append(f"  model: {s['model_dir']}  (metrics: {s['output_dir']}/metrics.jsonl, tensorboard/)")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""`cwpo sft`: supervised fine-tuning of the student on (prompt, chosen), loss on response tokens only.
+
+Pure core: :func:`cwpo_ray.student.steps.sft_loss`. Ray wrapper: the shared TorchTrainer + DeepSpeed
+loop (:mod:`cwpo_ray.student.train_loop`). The saved model is the reference for `align` and the
+baseline for GRA.
+"""
+from __future__ import annotations
+
+import time
+
+from cwpo_ray.runtime import init_ray
+from cwpo_ray.student.config import SFTConfig
+from cwpo_ray.student.stage import fit, load_pairs, require, train_metrics, write_summary
+
+
+def run_sft(cfg: SFTConfig) -> dict:
+    """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``."""
+    require(cfg, "model", "data_dir", "output_dir")
+    init_ray(cfg.ray)
+    t0 = time.time()
+    ds, counts = load_pairs(cfg, needs_scores=False)
+    # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
+    ds = ds.select_columns(["pair_id", "prompt", "chosen"]).materialize()
+    res = fit("sft", cfg, ds, counts["rows_used"])
+    hist = train_metrics(res["history"])
+    summary = {
+        "stage": "sft", **counts, "model_dir": res["model_dir"], "checkpoint": res["checkpoint"], "output_dir": cfg.output_dir,
+        "steps": hist[-1]["step"] if hist else 0, "fit_seconds": res["fit_seconds"],
+        "seconds": round(time.time() - t0, 1),
+        "first_loss": hist[0]["loss"] if hist else None, "last_loss": hist[-1]["loss"] if hist else None,
+        "zero_stage": cfg.zero_stage, "num_workers": cfg.num_workers, "lora": cfg.lora is not None,
+        "history": hist,
+    }
+    return write_summary(cfg, summary)
+
+
+def format_sft(s: dict) -> str:
+    lines = [f"sft: {s['rows_used']} sequences ({s['quarantined']} quarantined), {s['steps']} steps on "
+             f"{s['num_workers']} workers (ZeRO-{s['zero_stage']}{', LoRA' if s['lora'] else ''}) in {s['fit_seconds']}s"]
+    if s["first_loss"] is not None:
+        lines.append(f"  response NLL {s['first_loss']:.3f} -> {s['last_loss']:.3f}")
+    lines.append(f"  model: {s['model_dir']}  (metrics: {s['output_dir']}/metrics.jsonl, tensorboard/)")
+    return "\n".join(lines)
