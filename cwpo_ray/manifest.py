@@ -18,15 +18,17 @@ from typing import Any, Callable
 from cwpo_ray import __version__
 
 
-def fingerprint(path: str | Path) -> str:
-    """Content hash of a file or of every file under a folder (relative paths + bytes)."""
-    p = Path(path)
+def fingerprint(*paths: str | Path) -> str:
+    """Content hash of files, or of every file under folders (relative paths + bytes)."""
     h = hashlib.blake2b(digest_size=16)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    if not files:
-        raise FileNotFoundError(f"nothing to fingerprint at {p}")
-    for f in files:
-        h.update(str(f.relative_to(p) if f != p else f.name).encode() + b"\0")
+    files: list[tuple[str, Path]] = []
+    for p in map(Path, paths):
+        found = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+        if not found:
+            raise FileNotFoundError(f"nothing to fingerprint at {p}")
+        files += [(f"{p.name}/{f.relative_to(p)}" if f != p else f.name, f) for f in found]
+    for rel, f in files:
+        h.update(rel.encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -50,28 +52,30 @@ class Manifest:
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
         os.replace(tmp, self.path)  # atomic: a killed run never leaves a half-written manifest
 
-    def is_done(self, stage: str, key: str, output: str | Path) -> bool:
+    def is_done(self, stage: str, key: str, artifacts: list) -> bool:
         rec = self.data.get(stage)
-        if not rec or rec.get("key") != key or not Path(output).exists():
+        if not rec or rec.get("key") != key:
             return False
         try:
-            return fingerprint(output) == rec.get("fingerprint")
+            return fingerprint(*artifacts) == rec.get("fingerprint")
         except FileNotFoundError:
             return False
 
     def run(self, stage: str, config: Any, inputs: dict[str, str], output: str | Path,
-            fn: Callable[[], Any]) -> tuple[str, Any, bool]:
+            fn: Callable[[], Any], artifacts: list | None = None) -> tuple[str, Any, bool]:
         """Run ``fn`` unless already done; returns (output fingerprint, fn's result or the stored
-        summary, skipped?)."""
+        summary, skipped?). ``artifacts`` (default: the whole ``output``) are what is fingerprinted:
+        the stage's products (e.g. ``model/``), not logs or checkpoints that keep changing."""
         key = stage_key(stage, config, inputs)
-        if self.is_done(stage, key, output):
+        artifacts = artifacts or [output]
+        if self.is_done(stage, key, artifacts):
             rec = self.data[stage]
             return rec["fingerprint"], rec.get("summary"), True
         self.data.pop(stage, None)
         self.save()
         t = time.time()
         result = fn()
-        fp = fingerprint(output)
+        fp = fingerprint(*artifacts)
         self.data[stage] = {"key": key, "fingerprint": fp, "output": str(output), "inputs": inputs,
                             "seconds": round(time.time() - t, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                             "summary": result if _jsonable(result) else None}

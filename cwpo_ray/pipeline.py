@@ -73,7 +73,7 @@ class PipelineConfig(StrictModel):
 
 def _fill(cfg: StrictModel, **paths) -> StrictModel:
     """Set the path fields the user left unset."""
-    return cfg.model_copy(update={k: v for k, v in paths.items() if getattr(cfg, k) in (None, "", [])})
+    return cfg.model_copy(update={k: v for k, v in paths.items() if getattr(cfg, k) in (None, "", [], {})})
 
 
 def _link_tree(srcs: list[Path], dst: Path) -> None:
@@ -104,11 +104,11 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     out: dict = {"run_dir": str(run), "stages": {}}
     t_start = time.time()
 
-    def stage(name: str, stage_cfg, inputs: dict[str, str], output: Path, fn, fmt=None):
+    def stage(name: str, stage_cfg, inputs: dict[str, str], output: Path, fn, fmt=None, artifacts=None):
         t = time.time()
         print(f"\n=== {name} ===", flush=True)
         fp, result, skipped = m.run(name, stage_cfg.model_dump(mode="json") if hasattr(stage_cfg, "model_dump") else stage_cfg,
-                                    inputs, output, fn)
+                                    inputs, output, fn, artifacts)
         fps[name] = fp
         out["stages"][name] = {"skipped": skipped, "seconds": round(time.time() - t, 1), "output": str(output)}
         if skipped:
@@ -138,7 +138,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     prep = _fill(prep, output_dir=str(run / "data"), tokenizer=paths.get("tokenizer"))
     data = Path(prep.output_dir)
     if "prepare" in cfg.stages:
-        stage("prepare", prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep), format_summary)
+        stage("prepare", prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep), format_summary,
+              [data / s for s in ("labeled", "unlabeled", "test")])
 
     # 3. train-annotator ---------------------------------------------------------------------------
     from cwpo_ray.annotator.train import format_train_annotator, run_train_annotator
@@ -147,7 +148,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
                 output_dir=str(run / "annotator"))
     if "train-annotator" in cfg.stages:
         stage("train-annotator", ann, {"data": fps.get("prepare", "")}, Path(ann.output_dir),
-              lambda: run_train_annotator(ann), format_train_annotator)
+              lambda: run_train_annotator(ann), format_train_annotator, [Path(ann.output_dir) / "model"])
 
     # 4. annotate -------------------------------------------------------------------------------------
     from cwpo_ray.annotator.annotate import format_annotate, run_annotate
@@ -156,7 +157,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
                   data_dir=str(data), output_dir=str(run / "annotated"))
     if "annotate" in cfg.stages:
         stage("annotate", annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
-              Path(annot.output_dir), lambda: run_annotate(annot.model_copy(update={"overwrite": True})), format_annotate)
+              Path(annot.output_dir), lambda: run_annotate(annot.model_copy(update={"overwrite": True})), format_annotate,
+              [Path(annot.output_dir) / "labeled"])
 
     # 5. sft: the student on (prompt, human-chosen) of the labeled fraction ----------------------------
     from cwpo_ray.student.sft import format_sft, run_sft
@@ -165,9 +167,10 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
                 data_dir=str(data / "labeled"), output_dir=str(run / "sft"))
     if cfg.sft.data_dir is None:
         sft = sft.model_copy(update={"data_format": "pairs"})
-    if "sft" in cfg.stages:
-        stage("sft", sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft)
     sft_model = str(Path(sft.output_dir) / "model")
+    if "sft" in cfg.stages:
+        stage("sft", sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft,
+              [Path(sft_model)])
 
     # 6. align: one student per method ----------------------------------------------------------------
     from cwpo_ray.student.align import format_align, run_align
@@ -191,7 +194,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
         if "align" in cfg.stages:
             stage(f"align/{name}", al, {"data": fp_in, "sft": fps.get("sft", "")}, Path(al.output_dir),
                   lambda al=al: run_align(al, callbacks=train_callbacks),
-                  format_align)
+                  format_align, [Path(models[name])])
 
     # 7. evaluate: GRA of every method against the SFT model ------------------------------------------
     from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
@@ -200,7 +203,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
                output_dir=str(run / "eval"), models=models)
     if "evaluate" in cfg.stages:
         inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models}}
-        stage("evaluate", ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev), format_evaluate)
+        stage("evaluate", ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev), format_evaluate,
+              [Path(ev.output_dir) / "metrics.json"])
         out["report"] = str(Path(ev.output_dir) / "report.md")
     out["seconds"] = round(time.time() - t_start, 1)
     return out
