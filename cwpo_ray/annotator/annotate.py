@@ -1,0 +1,324 @@
+"""`cwpo annotate`: label unlabeled pairs with the weak annotator on a Ray Data actor pool.
+
+The input parquet is cut into *blocks* (row ranges of row groups, ``block_rows`` rows each) by reading
+only parquet metadata. Ray Data streams the block descriptors through ``map_batches(ScorerActor,
+compute=ActorPoolStrategy(min_actors, max_actors))``: each actor loads the scorer once, reads its
+block's rows lazily, quarantines bad rows with a reason, tokenizes, scores (length-sorted batches), and
+writes ``{output_dir}/labeled/{block}.parquet`` atomically (temp file + rename; the quarantine file is
+written first). Hence:
+
+* resumable: a re-run skips blocks whose output exists (``overwrite=true`` starts over);
+* fault tolerant: Ray Data restarts a killed actor and retries its block; a retried block rewrites the
+  same file name, so no pair is lost or duplicated.
+
+Output rows: LABELED_SCHEMA (TRL's prompt/chosen/rejected + pair_id, score_chosen, score_rejected,
+confidence = 2·(σ(Δ) − ½), human_label_agrees).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cwpo_ray import io
+from cwpo_ray.annotator.config import AnnotateConfig, local_abspath
+from cwpo_ray.annotator.losses import confidence, orient
+from cwpo_ray.config import ConfigError
+from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, QUARANTINE_SCHEMA, truncate_raw, validate_pair
+
+log = logging.getLogger(__name__)
+STATE_FILE = "annotate_state.json"
+
+
+# ----------------------------------------------------------------------------------------- pure core
+def list_parquet(path: str) -> list[str]:
+    fs, p = io.resolve(path)
+    info = fs.get_file_info(p)
+    if info.type.name == "NotFound":
+        raise ConfigError(f"config error: input: {path!r} does not exist")
+    if info.type.name == "File":
+        return [path]
+    from pyarrow.fs import FileSelector
+
+    files = sorted(f.path for f in fs.get_file_info(FileSelector(p, recursive=True))
+                   if f.type.name == "File" and f.path.endswith(".parquet"))
+    prefix = path[: len(path) - len(p)] if "://" in path else ""
+    return [prefix + f for f in files]
+
+
+def plan_blocks(path: str, block_rows: int) -> list[dict]:
+    """Block descriptors {key, path, row_group, start, stop} from parquet metadata (no data read).
+
+    ``key`` names the output file and is stable for the same input files and ``block_rows``."""
+    blocks = []
+    for f in list_parquet(path):
+        fs, p = io.resolve(f)
+        with fs.open_input_file(p) as fh:
+            md = pq.ParquetFile(fh).metadata
+        stem = os.path.basename(p).rsplit(".parquet", 1)[0]
+        for rg in range(md.num_row_groups):
+            n = md.row_group(rg).num_rows
+            for start in range(0, n, block_rows):
+                blocks.append({"key": f"{stem}-rg{rg:05d}-{start:09d}", "path": f, "row_group": rg,
+                               "start": start, "stop": min(n, start + block_rows)})
+    keys = [b["key"] for b in blocks]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"config error: input: two parquet files under {path!r} share a file name")
+    return blocks
+
+
+def read_block(block: dict) -> pa.Table:
+    fs, p = io.resolve(block["path"])
+    with fs.open_input_file(p) as fh:
+        t = pq.ParquetFile(fh).read_row_group(block["row_group"], columns=PAIR_SCHEMA.names)
+    return t.slice(block["start"], block["stop"] - block["start"])
+
+
+def split_valid(table: pa.Table, tokenizer, max_tokens: int):
+    """(rows to score + their token ids, quarantine rows). Reasons: schema.validate_pair's, or
+    ``too_long`` (over ``max_tokens``; scoring a truncated text would judge a different pair)."""
+    from cwpo_ray.annotator.scoring import encode_texts
+
+    rows, quarantine = [], []
+    for r in table.to_pylist():
+        reason = validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"])
+        if reason:
+            quarantine.append({"source": r.get("source"), "reason": reason, "detail": f"pair_id={r.get('pair_id')}",
+                               "raw": truncate_raw(json.dumps(r, ensure_ascii=False, default=str))})
+        else:
+            rows.append(r)
+    if not rows:
+        return [], [], [], quarantine
+    prompts = [r["prompt"] for r in rows]
+    ids_a, _ = encode_texts(tokenizer, prompts, [r["response_a"] for r in rows], 10**9)
+    ids_b, _ = encode_texts(tokenizer, prompts, [r["response_b"] for r in rows], 10**9)
+    keep = []
+    for i, r in enumerate(rows):
+        n = max(len(ids_a[i]), len(ids_b[i]))
+        if n > max_tokens:
+            quarantine.append({"source": r.get("source"), "reason": "too_long",
+                               "detail": f"pair_id={r['pair_id']} tokens={n} > max_tokens={max_tokens}",
+                               "raw": truncate_raw(json.dumps(r, ensure_ascii=False, default=str))})
+        else:
+            keep.append(i)
+    return [rows[i] for i in keep], [ids_a[i] for i in keep], [ids_b[i] for i in keep], quarantine
+
+
+def label_rows(rows: list[dict], score_a: np.ndarray, score_b: np.ndarray) -> pa.Table:
+    """LABELED_SCHEMA table: chosen = the higher-scored response, confidence = 2·(σ(Δ) − ½)."""
+    a_wins, s_c, s_r = orient(score_a, score_b)
+    conf = confidence(s_c, s_r).numpy()
+    a_wins = a_wins.numpy()
+    cols = {k: [] for k in LABELED_SCHEMA.names}
+    for i, r in enumerate(rows):
+        cols["pair_id"].append(r["pair_id"])
+        cols["prompt"].append(r["prompt"])
+        cols["chosen"].append(r["response_a"] if a_wins[i] else r["response_b"])
+        cols["rejected"].append(r["response_b"] if a_wins[i] else r["response_a"])
+        hl = r.get("human_label")
+        cols["human_label_agrees"].append(None if hl is None else bool((hl == "a") == a_wins[i]))
+    cols["score_chosen"] = s_c.numpy().astype(np.float32)
+    cols["score_rejected"] = s_r.numpy().astype(np.float32)
+    cols["confidence"] = conf.astype(np.float32)
+    return pa.table(cols, schema=LABELED_SCHEMA)
+
+
+def write_atomic(table: pa.Table, uri: str) -> None:
+    """Write a parquet file under a temporary name, then rename: readers never see a partial file."""
+    fs, p = io.resolve(uri)
+    fs.create_dir(os.path.dirname(p), recursive=True)
+    tmp = f"{p}.tmp-{uuid.uuid4().hex}"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, p)
+
+
+def block_output(output_dir: str, key: str) -> str:
+    return io.join(output_dir, "labeled", f"{key}.parquet")
+
+
+class ScorerActor:
+    """Ray Data callable class: one scorer per actor; each call handles whole blocks (batch_size=1)."""
+
+    def __init__(self, c: dict):
+        from cwpo_ray.annotator.scoring import make_scorer
+
+        if c["backend"] == "vllm":
+            import torch
+
+            if not torch.cuda.is_available():  # vLLM on CPU: in-process engine, small KV cache (NOTES.md)
+                for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+                             "VLLM_CPU_OMP_THREADS_BIND": "nobind"}.items():
+                    os.environ.setdefault(k, v)
+        self.c = c
+        self.scorer = make_scorer(c["backend"], c["model"], max_tokens=c["max_tokens"], dtype=c["dtype"],
+                                  max_batch_tokens=c["max_batch_tokens"], max_batch_size=c["max_batch_size"],
+                                  compile=c["compile"], trust_remote_code=c["trust_remote_code"])
+
+    def process_block(self, block: dict) -> dict:
+        t0 = time.time()
+        table = read_block(block)
+        rows, ids_a, ids_b, quarantine = split_valid(table, self.scorer.tokenizer, self.c["max_tokens"])
+        scores = self.scorer.score_ids(ids_a + ids_b) if rows else np.empty(0, np.float32)
+        labeled = label_rows(rows, scores[: len(rows)], scores[len(rows):])
+        qpath = io.join(self.c["output_dir"], "quarantine", f"{block['key']}.parquet")
+        if quarantine:
+            write_atomic(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), qpath)
+        elif io.exists(qpath):  # a stale file from an earlier run of this block
+            io.rmtree(qpath)
+        write_atomic(labeled, block_output(self.c["output_dir"], block["key"]))  # last: marks the block done
+        return {"key": block["key"], "rows": table.num_rows, "pairs": labeled.num_rows,
+                "quarantined": len(quarantine), "seconds": time.time() - t0}
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["key"])
+        blocks = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()} for i in range(n)]
+        outs = [self.process_block(b) for b in blocks]
+        return {k: np.array([o[k] for o in outs]) for k in outs[0]}
+
+
+def summarize_output(output_dir: str, hist_bins: int) -> dict:
+    """Counts, confidence histogram and human agreement from the output files (all blocks, any run)."""
+    files = list_parquet(io.join(output_dir, "labeled")) if io.exists(io.join(output_dir, "labeled")) else []
+    ids, conf, agree = [], [], []
+    for f in files:
+        fs, p = io.resolve(f)
+        t = pq.read_table(p, filesystem=fs, columns=["pair_id", "confidence", "human_label_agrees"])
+        ids += t.column("pair_id").to_pylist()
+        conf.append(t.column("confidence").to_numpy(zero_copy_only=False))
+        agree += t.column("human_label_agrees").to_pylist()
+    conf_a = np.concatenate(conf) if conf else np.empty(0)
+    counts, edges = np.histogram(conf_a, bins=hist_bins, range=(0.0, 1.0))
+    with_label = [a for a in agree if a is not None]
+    qdir = io.join(output_dir, "quarantine")
+    reasons: Counter = Counter()
+    if io.exists(qdir):
+        for f in list_parquet(qdir):
+            fs, p = io.resolve(f)
+            reasons.update(pq.read_table(p, filesystem=fs, columns=["reason"]).column("reason").to_pylist())
+    return {
+        "pairs": len(ids),
+        "unique_pair_ids": len(set(ids)),
+        "quarantined": sum(reasons.values()),
+        "quarantine_reasons": dict(reasons),
+        "confidence_mean": float(conf_a.mean()) if len(conf_a) else None,
+        "confidence_quantiles": {f"p{q}": float(np.quantile(conf_a, q / 100)) for q in (10, 50, 90)} if len(conf_a) else {},
+        "confidence_hist": {"counts": counts.tolist(), "edges": [round(float(e), 4) for e in edges]},
+        "human_labeled_pairs": len(with_label),
+        "human_agreement": (sum(with_label) / len(with_label)) if with_label else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------- the stage
+def _check_state(cfg: AnnotateConfig, input_path: str) -> None:
+    """Refuse to resume into an output written by another model / input / block size."""
+    state = {"model": cfg.model, "input": input_path,
+             "block_rows": cfg.block_rows, "max_tokens": cfg.max_tokens}
+    path = io.join(cfg.output_dir, STATE_FILE)
+    if cfg.overwrite:
+        for sub in ("labeled", "quarantine"):
+            io.rmtree(io.join(cfg.output_dir, sub))
+    elif io.exists(path):
+        old = json.loads(io.read_text(path))
+        diff = [k for k in state if old.get(k) != state[k]]
+        if diff:
+            raise ConfigError(f"config error: overwrite: {cfg.output_dir} holds an annotation with a different "
+                              f"{', '.join(diff)}; set overwrite=true to start over")
+    io.write_text(path, json.dumps(state, indent=2))
+
+
+def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> dict:
+    """Annotate ``input`` (or ``{data_dir}/unlabeled``) into ``{output_dir}/labeled``; returns the summary.
+
+    ``actor_cls``: the Ray Data callable class (a subclass of :class:`ScorerActor` in tests)."""
+    import ray
+
+    from cwpo_ray.annotator.metrics import confidence_histogram
+    from cwpo_ray.runtime import init_ray
+
+    if not cfg.model:
+        raise ConfigError("config error: model: required")
+    if not cfg.output_dir:
+        raise ConfigError("config error: output_dir: required")
+    if not (cfg.input or cfg.data_dir):
+        raise ConfigError("config error: input: give input or data_dir")
+    cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),
+                                 "input": local_abspath(cfg.input), "output_dir": local_abspath(cfg.output_dir)})
+    input_path = cfg.input or io.join(cfg.data_dir, "unlabeled")
+    _check_state(cfg, input_path)
+    blocks = plan_blocks(input_path, cfg.block_rows)
+    todo = [b for b in blocks if not io.exists(block_output(cfg.output_dir, b["key"]))]
+    skipped = len(blocks) - len(todo)
+    print(f"[annotate] {len(blocks)} blocks in {input_path}: {skipped} already done, {len(todo)} to score "
+          f"(backend={cfg.backend}, actors {cfg.min_actors}..{cfg.max_actors})", flush=True)
+
+    init_ray(cfg.ray)
+    t0 = time.time()
+    done_rows = done_pairs = 0
+    if todo:
+        c = cfg.model_dump(mode="json")
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        ds = ds.map_batches(actor_cls, fn_constructor_kwargs={"c": c}, batch_size=1,
+                            compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, len(todo)),
+                                                               max_size=min(cfg.max_actors, len(todo))),
+                            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
+        total_rows = sum(b["stop"] - b["start"] for b in todo)
+        for i, r in enumerate(iter(ds.iter_rows()), 1):
+            done_rows += int(r["rows"])
+            done_pairs += int(r["pairs"])
+            el = time.time() - t0
+            print(f"[annotate] block {i}/{len(todo)} {r['key']}: {r['pairs']} pairs, {r['quarantined']} quarantined "
+                  f"| {done_rows}/{total_rows} rows ({100 * done_rows / max(1, total_rows):.0f}%), "
+                  f"{done_pairs / max(el, 1e-9):.0f} pairs/s", flush=True)
+    seconds = time.time() - t0
+
+    out = summarize_output(cfg.output_dir, cfg.hist_bins)
+    h = out["confidence_hist"]
+    png = os.path.join(io.resolve(cfg.output_dir)[1], "confidence_hist.png") if "://" not in cfg.output_dir else None
+    if png:
+        confidence_histogram(h["counts"], h["edges"], png)
+    summary = {
+        **out,
+        "blocks": len(blocks),
+        "blocks_skipped": skipped,
+        "pairs_scored_this_run": done_pairs,
+        "seconds": round(seconds, 2),
+        "pairs_per_s": round(done_pairs / seconds, 1) if done_pairs and seconds > 0 else None,
+        "backend": cfg.backend,
+        "model": cfg.model,
+        "input": input_path,
+        "output": io.join(cfg.output_dir, "labeled"),
+        "confidence_hist_png": png,
+        "output_dir": cfg.output_dir,
+    }
+    io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def format_annotate(s: dict) -> str:
+    rate = f", {s['pairs_per_s']:.0f} pairs/s" if s.get("pairs_per_s") else ""
+    lines = [
+        f"annotate: {s['pairs']} pairs labeled ({s['pairs_scored_this_run']} this run in {s['seconds']:.1f}s{rate}; "
+        f"{s['blocks_skipped']}/{s['blocks']} blocks resumed), {s['quarantined']} quarantined [{s['backend']}]",
+    ]
+    if s["confidence_mean"] is not None:
+        q = s["confidence_quantiles"]
+        lines.append(f"  confidence: mean {s['confidence_mean']:.3f}, p10 {q['p10']:.3f}, p50 {q['p50']:.3f}, "
+                     f"p90 {q['p90']:.3f}  (histogram: {s['confidence_hist_png']})")
+    if s["human_agreement"] is not None:
+        lines.append(f"  agreement with {s['human_labeled_pairs']} human labels: {s['human_agreement']:.3f}")
+    if s["quarantine_reasons"]:
+        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
+                     + f"  (see {s['output_dir']}/quarantine/)")
+    lines.append(f"  output: {s['output']}/*.parquet")
+    return "\n".join(lines)
+
+
+__all__ = ["run_annotate", "format_annotate", "ScorerActor", "plan_blocks", "read_block", "split_valid",
+           "label_rows", "summarize_output"]

@@ -1,0 +1,107 @@
+"""Pure annotator core (no Ray): BT loss, confidence, metrics, batching, scorer, configs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cwpo_ray.annotator.losses import bradley_terry_loss, confidence, orient
+from cwpo_ray.annotator.metrics import (accuracy, evaluate_pairs, expected_calibration_error,
+                                        top_confident_accuracy)
+from cwpo_ray.annotator.scoring import encode_texts, pad_batch, plan_batches
+
+
+def test_bradley_terry_loss_hand_computed():
+    s_c = torch.tensor([2.0, 0.0, -1.0])
+    s_r = torch.tensor([1.0, 0.0, 1.0])
+    # -log σ(1) = log(1 + e^-1) = 0.3132617; -log σ(0) = log 2; -log σ(-2) = log(1 + e^2) = 2.1269280
+    expected = (math.log(1 + math.exp(-1)) + math.log(2) + math.log(1 + math.exp(2))) / 3
+    assert bradley_terry_loss(s_c, s_r).item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx((0.3132617 + 0.6931472 + 2.1269280) / 3, abs=1e-6)
+    # finite for huge margins, and the gradient pushes chosen up / rejected down
+    big = torch.tensor([1000.0, -1000.0], requires_grad=True)
+    loss = bradley_terry_loss(big[1:], big[:1])
+    assert loss.item() == pytest.approx(2000.0)
+    loss.backward()
+    assert big.grad[1] < 0 < big.grad[0]
+
+
+def test_confidence_formula_hand_computed():
+    # C = 2(σ(Δ) − ½): Δ=0 → 0; Δ=ln 3 → σ=3/4 → C=1/2; Δ=2 → 2σ(2)−1 = 0.7615942 = tanh(1)
+    c = confidence([0.0, math.log(3), 2.0, 5.0], [0.0, 0.0, 0.0, 3.0])
+    assert c.tolist() == pytest.approx([0.0, 0.5, 0.7615942, 0.7615942], abs=1e-7)
+    assert c[2].item() == pytest.approx(math.tanh(1.0), abs=1e-12)
+    a_wins, s_c, s_r = orient([1.0, -2.0, 0.5], [0.0, 3.0, 0.5])
+    assert a_wins.tolist() == [True, False, True]
+    assert s_c.tolist() == [1.0, 3.0, 0.5] and s_r.tolist() == [0.0, -2.0, 0.5]
+    assert (confidence(s_c, s_r) >= 0).all()
+
+
+def test_metrics_hand_computed():
+    p_a = np.array([0.9, 0.8, 0.6, 0.3, 0.55])
+    y_a = np.array([1, 0, 1, 0, 0])
+    # predictions a,a,a,b,a -> correct: T F T T F
+    assert accuracy(p_a, y_a) == pytest.approx(0.6)
+    # one bin [0.5, 1]: mean conf = (0.9+0.8+0.6+0.7+0.55)/5 = 0.71, acc 0.6 -> ECE 0.11
+    assert expected_calibration_error(p_a, y_a, n_bins=1) == pytest.approx(0.11)
+    curve = top_confident_accuracy([0.9, 0.1, 0.5, 0.7, 0.3], [1, 0, 1, 1, 0], fractions=(0.2, 0.6, 1.0))
+    assert curve == {"top20": 1.0, "top60": 1.0, "top100": 0.6}
+    ev = evaluate_pairs(np.array([2.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.5]), np.array([1, 0, 1]))
+    assert ev["accuracy"] == pytest.approx(2 / 3) and ev["pairs"] == 3
+    assert ev["top_confident_accuracy"]["top30"] == 1.0  # the Δ=2 pair is the most confident and right
+
+
+def test_plan_batches_token_budget_and_cover():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=500)
+    batches = plan_batches(lengths, max_batch_tokens=2048, max_batch_size=64, pad_to_multiple_of=8)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(500))  # every item exactly once
+    for b in batches:
+        width = -(-lengths[b].max() // 8) * 8
+        assert len(b) <= 64 and (len(b) * width <= 2048 or len(b) == 1)
+    # sorted batching wastes far less padding than the input order
+    def padded(bs):
+        return sum(len(b) * lengths[b].max() for b in bs)
+    naive = [np.arange(i, min(i + 32, 500)) for i in range(0, 500, 32)]
+    assert padded(batches) < 0.7 * padded(naive)
+
+
+def test_scorer_matches_plain_hf_forward(synthetic_assets):
+    """The length-sorted, mask-free causal path equals HF's own padded forward, item by item."""
+    from cwpo_ray.annotator.scoring import HFScorer
+
+    sc = HFScorer(synthetic_assets["weak_base"], max_tokens=64, max_batch_tokens=96, pad_to_multiple_of=8)
+    prompts = ["\n\nHuman: tell me about cats in 4 words mention purr avoid fur\n\nAssistant:"] * 6
+    responses = [" purr", " purr kitten thanks glad", " ugh", " whiskers paws meow purr kitten glad thanks very",
+                 " snow", " the the the"]
+    got, n_trunc = sc.score_texts(prompts, responses)
+    assert n_trunc == 0 and got.dtype == np.float32 and len(set(got.tolist())) == 6
+    ids, _ = encode_texts(sc.tokenizer, prompts, responses, 64)
+    x, m, _ = pad_batch(ids, sc.pad_id, 1)
+    with torch.inference_mode():
+        ref = sc.model(input_ids=x, attention_mask=m).logits[:, 0].numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # left truncation keeps the response end
+    short, n = encode_texts(sc.tokenizer, prompts[:1], responses[3:4], 5)
+    assert n == 1 and short[0] == ids[3][-5:]
+
+
+def test_configs_fail_fast_naming_the_field():
+    from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
+    from cwpo_ray.config import ConfigError, build_config
+
+    d = build_config(AnnotatorTrainConfig, {})
+    assert (d.epochs, d.lr, d.batch_size, d.max_tokens) == (5, 1e-5, 32, 512)  # paper defaults
+    with pytest.raises(ConfigError, match=r"^config error: lr: .*greater than 0"):
+        build_config(AnnotatorTrainConfig, {}, ["lr=-1"])
+    with pytest.raises(ConfigError, match=r"^config error: strategy: "):
+        build_config(AnnotatorTrainConfig, {"strategy": "fsdp"})
+    with pytest.raises(ConfigError, match=r"^config error: bogus: unknown field"):
+        build_config(AnnotateConfig, {"bogus": 1})
+    with pytest.raises(ConfigError, match="min_actors"):
+        build_config(AnnotateConfig, {"min_actors": 3, "max_actors": 2})
+    with pytest.raises(ConfigError, match=r"^config error: backend: "):
+        build_config(AnnotateConfig, {"backend": "onnx"})
