@@ -34,10 +34,11 @@ def init_ray(cfg: RayConfig | None = None):
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     for k, v in _LOCAL_ENV.items():
         os.environ.setdefault(k, v)
-    runtime_env = {"env_vars": {k: os.environ[k] for k in ("TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE") if k in os.environ}}
     if address:
+        # On a cluster (or inside `ray job submit`) the job's own runtime_env governs: passing env vars
+        # here would conflict with the ones the job already sets.
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
         num_cpus = cfg.num_cpus or os.cpu_count() or 1
         log.info("starting a local Ray (%d CPUs)", num_cpus)
@@ -48,7 +49,8 @@ def init_ray(cfg: RayConfig | None = None):
             include_dashboard=False,
             object_store_memory=cfg.object_store_mb * 2**20,
             _temp_dir=os.environ.get("CWPO_RAY_TMP", os.path.join(tempfile.gettempdir(), "cwpo_ray")),
-            runtime_env=runtime_env,
+            runtime_env={"env_vars": {k: os.environ[k] for k in ("TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
+                                      if k in os.environ}},
             log_to_driver=True,
         )
     ctx = ray.data.DataContext.get_current()
