@@ -17,9 +17,31 @@ STAGES: dict[str, tuple[str, str, str | None, str]] = {
                    "write the embedded synthetic task (data, tokenizer, tiny models)"),
     "prepare": ("cwpo_ray.prepare.config:PrepareConfig", "cwpo_ray.prepare.stage:run_prepare",
                 "cwpo_ray.prepare.stage:format_summary", "raw preference data -> canonical split parquet (Ray Data)"),
-    "demo": ("cwpo_ray.pipeline:PipelineConfig", "cwpo_ray.pipeline:run_pipeline", None,
+    "train-annotator": ("cwpo_ray.annotator.config:AnnotatorTrainConfig", "cwpo_ray.annotator.train:run_train_annotator",
+                        "cwpo_ray.annotator.train:format_train_annotator",
+                        "Bradley–Terry weak annotator on the labeled split (Ray Train) + held-out calibration"),
+    "annotate": ("cwpo_ray.annotator.config:AnnotateConfig", "cwpo_ray.annotator.annotate:run_annotate",
+                 "cwpo_ray.annotator.annotate:format_annotate",
+                 "label unlabeled pairs with annotator confidence (Ray Data actor pool, resumable)"),
+    "sft": ("cwpo_ray.student.config:SFTConfig", "cwpo_ray.student.sft:run_sft", "cwpo_ray.student.sft:format_sft",
+            "supervised fine-tuning of the student on (prompt, chosen) (Ray Train + DeepSpeed)"),
+    "align": ("cwpo_ray.student.config:AlignConfig", "cwpo_ray.student.align:run_align",
+              "cwpo_ray.student.align:format_align",
+              "confidence-weighted DPO / IPO / rDPO of the student (Ray Train + DeepSpeed)"),
+    "generate": ("cwpo_ray.generate.config:GenerateConfig", "cwpo_ray.generate.stage:run_generate",
+                 "cwpo_ray.generate.stage:format_generate", "k sampled responses per prompt (vLLM on Ray Data) -> pairs"),
+    "evaluate": ("cwpo_ray.evaluate.config:EvaluateConfig", "cwpo_ray.evaluate.stage:run_evaluate",
+                 "cwpo_ray.evaluate.stage:format_evaluate", "SFT vs aligned responses (vLLM) -> gold reward -> GRA report"),
+    "pipeline": ("cwpo_ray.pipeline:PipelineConfig", "cwpo_ray.pipeline:run_pipeline", "cwpo_ray.pipeline:format_pipeline",
+                 "prepare -> train-annotator -> annotate -> sft -> align (methods) -> evaluate, resumable"),
+    "sweep": ("cwpo_ray.sweep.config:SweepConfig", "cwpo_ray.sweep.tune:run_sweep", "cwpo_ray.sweep.tune:format_sweep",
+              "Ray Tune over beta, labeled fraction, loss and weighting; results table + plots"),
+    "demo": ("cwpo_ray.pipeline:PipelineConfig", "cwpo_ray.pipeline:run_pipeline", "cwpo_ray.pipeline:format_pipeline",
              "the pipeline on the embedded synthetic task with tiny models (no downloads)"),
 }
+
+# Stages whose config starts from a packaged YAML (then --config, then key=value overrides).
+BASE_CONFIGS = {"demo": "cwpo_ray.pipeline:DEMO_CONFIG"}
 
 
 def _load(spec: str):
@@ -40,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg_cls, run_spec, printer, _ = STAGES[args.stage]
     try:
-        cfg = load_config(_load(cfg_cls), args.config, args.overrides)
+        base = [str(_load(BASE_CONFIGS[args.stage]))] if args.stage in BASE_CONFIGS else []
+        cfg = load_config(_load(cfg_cls), [*base, *([args.config] if args.config else [])], args.overrides)
         if args.print_config:
             from cwpo_ray.config import dump_config
 

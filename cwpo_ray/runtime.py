@@ -48,7 +48,7 @@ def init_ray(cfg: RayConfig | None = None):
             num_gpus=cfg.num_gpus,
             include_dashboard=False,
             object_store_memory=cfg.object_store_mb * 2**20,
-            _temp_dir=os.environ.get("CWPO_RAY_TMP", os.path.join(tempfile.gettempdir(), "cwpo_ray")),
+            _temp_dir=os.environ.get("CWPO_RAY_TMP", os.path.join(tempfile.gettempdir(), "ray-cwpo")),
             runtime_env={"env_vars": {k: os.environ[k] for k in ("TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
                                       if k in os.environ}},
             log_to_driver=True,

@@ -1,0 +1,38 @@
+"""Config of `cwpo evaluate`."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from cwpo_ray.config import RayConfig, StrictModel
+from cwpo_ray.evaluate.gold import GoldConfig
+from cwpo_ray.generate.config import EngineConfig, SamplingConfig
+
+
+class EvaluateConfig(StrictModel):
+    """Responses of the SFT model and of each aligned model on the same test prompts -> GRA per method."""
+
+    prompts_path: str | None = None  # test split (parquet folder/file, or jsonl) with a prompt column
+    prompt_column: str = "prompt"
+    sft_model: str | None = None  # the reference every method is compared with; required
+    # method name -> aligned model (hub id or folder), e.g. {cw-dpo: runs/x/align/cw-dpo, dpo: ...}.
+    # Baselines are simply more entries: every method gets the same GRA/CI/gain treatment.
+    models: dict[str, str] = Field(default_factory=dict)
+    output_dir: str | None = None  # required; the pipeline sets {run_dir}/eval
+    max_prompts: int | None = Field(default=None, gt=0)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    gold: GoldConfig = Field(default_factory=GoldConfig)
+    num_bootstrap: int = Field(default=1000, ge=100)
+    ci: float = Field(default=0.95, gt=0.0, lt=1.0)
+    tie_tolerance: float = Field(default=0.0, ge=0.0)  # |Δr*| <= tol counts as a tie
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        if "sft" in v:
+            raise ValueError("'sft' is the reference's name; give it as sft_model")
+        for name in v:
+            if not name or any(c in name for c in "/\\ "):
+                raise ValueError(f"method name {name!r} must be non-empty without '/', '\\' or spaces")
+        return v

@@ -1,0 +1,162 @@
+"""`cwpo evaluate`: SFT vs aligned responses on the test prompts (vLLM on Ray Data) -> gold reward -> GRA.
+
+Output (``output_dir``): ``responses.parquet`` (every response with model, seed and gold reward),
+``metrics.json`` (GRA, ties, bootstrap CI and mean gold-reward gain per method), ``report.md``,
+``gra.png``, ``gold_rewards.png``, ``summary.json`` (= metrics).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from cwpo_ray import io
+from cwpo_ray.config import ConfigError
+from cwpo_ray.evaluate.config import EvaluateConfig
+from cwpo_ray.evaluate.gold import GoldConfig, build_gold_reward
+from cwpo_ray.evaluate.metrics import gra
+from cwpo_ray.evaluate.report import write_report
+from cwpo_ray.generate.core import prompt_id
+from cwpo_ray.generate.stage import collect, generate_table, generation_stats, read_prompts
+from cwpo_ray.runtime import init_ray
+
+log = logging.getLogger(__name__)
+
+
+class GoldScorer:
+    """Ray Data callable class: (prompt, response) batch -> + ``gold`` column (one reward model per actor)."""
+
+    def __init__(self, gold: dict, device: str):
+        self.gold = build_gold_reward(GoldConfig.model_validate(gold), device=device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        s = self.gold.score(batch.column("prompt").to_pylist(), batch.column("response").to_pylist())
+        return batch.append_column("gold", pa.array(s, pa.float64()))
+
+
+def score_gold(table: pa.Table, gold: GoldConfig) -> np.ndarray:
+    """Gold rewards of a (prompt, response) table. HF reward models run as a Ray Data actor pool
+    (one GPU each when the cluster has GPUs); the synthetic r* is arithmetic and runs in the driver."""
+    if gold.kind == "synthetic":
+        return build_gold_reward(gold).score(table.column("prompt").to_pylist(), table.column("response").to_pylist())
+    import ray
+
+    device = gold.device
+    if device == "auto":
+        device = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+    keyed = table.select(["prompt", "response"]).append_column("row", pa.array(np.arange(table.num_rows)))
+    ds = ray.data.from_arrow(keyed).map_batches(
+        GoldScorer, fn_constructor_kwargs=dict(gold=gold.model_dump(mode="json"), device=device),
+        batch_format="pyarrow", batch_size=max(gold.batch_size * 8, 64),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=gold.num_scorers),
+        **({"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}))
+    out = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    scores = np.empty(table.num_rows)
+    scores[out.column("row").to_numpy()] = out.column("gold").to_numpy()
+    return scores
+
+
+def _write_outputs(output_dir: str, responses: pa.Table, metrics: dict, scores: dict[str, np.ndarray]) -> dict:
+    fs, root = io.resolve(output_dir)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    work = root if local else tempfile.mkdtemp(prefix="cwpo_eval_")
+    os.makedirs(work, exist_ok=True)
+    pq.write_table(responses, os.path.join(work, "responses.parquet"))
+    paths = write_report(metrics, scores, work)
+    for name in ("metrics.json", "summary.json"):
+        with open(os.path.join(work, name), "w") as f:
+            json.dump(metrics, f, indent=2)
+    if not local:
+        pafs.copy_files(work, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        paths = {k: io.join(output_dir, os.path.basename(v)) for k, v in paths.items()}
+    return paths
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
+    for field in ("prompts_path", "sft_model", "output_dir"):
+        if not getattr(cfg, field):
+            raise ConfigError(f"config error: {field}: required")
+    init_ray(cfg.ray)
+    t_start = time.time()
+    prompts, _, prompt_counts = read_prompts(cfg.prompts_path, cfg.prompt_column, cfg.max_prompts)
+    if not prompts:
+        raise ConfigError(f"config error: prompts_path: no usable prompts in {cfg.prompts_path!r}")
+    pids = [prompt_id(p) for p in prompts]
+    models = {"sft": cfg.sft_model, **cfg.models}
+    tables, generation = [], {}
+    for name, path in models.items():
+        # One Ray Data pipeline per model: its engine actors exit when it finishes, before the next starts.
+        t0 = time.time()
+        cands, info = generate_table(prompts, path, 1, cfg.sampling, cfg.engine)
+        tbl = collect(cands)
+        del cands
+        g = generation_stats(tbl, info["seconds"])
+        generation[name] = {**g, "model": path, "device": info["device"], "executor": info["executor"]}
+        if info.get("fallback_reason"):
+            generation[name]["fallback_reasons"] = sorted(set(g["fallback_reasons"]) | {info["fallback_reason"]})
+        by_pid = {r["prompt_id"]: r for r in tbl.select(["prompt_id", "response", "seed", "num_tokens", "finish_reason"]).to_pylist()}
+        missing = [p for p in pids if p not in by_pid]
+        if missing:
+            raise RuntimeError(f"evaluate: {name} returned no response for {len(missing)} prompts")
+        rows = [by_pid[p] for p in pids]
+        tables.append(pa.table({
+            "method": [name] * len(pids), "model": [path] * len(pids), "prompt_id": pids, "prompt": prompts,
+            "response": [r["response"] for r in rows], "seed": pa.array([r["seed"] for r in rows], pa.int64()),
+            "num_tokens": pa.array([r["num_tokens"] for r in rows], pa.int32()),
+            "finish_reason": [r["finish_reason"] for r in rows],
+        }))
+        log.info("evaluate: %s generated in %.1fs", name, time.time() - t0)
+        print(f"evaluate: {name}: {g['responses']} responses, {g['generated_tokens']} tokens "
+              f"({g['tokens_per_s']} tok/s, backend {', '.join(g['backends'])}) in {time.time() - t0:.1f}s", flush=True)
+    responses = pa.concat_tables(tables)
+    t0 = time.time()
+    gold = score_gold(responses, cfg.gold)
+    responses = responses.append_column("gold", pa.array(gold, pa.float64()))
+    n = len(pids)
+    scores = {name: gold[i * n:(i + 1) * n] for i, name in enumerate(models)}
+    methods = {name: gra(scores[name], scores["sft"], cfg.num_bootstrap, cfg.ci, cfg.sampling.seed, cfg.tie_tolerance)
+               for name in cfg.models}
+    metrics = {
+        "num_prompts": n,
+        "prompts": prompt_counts,
+        "prompts_path": cfg.prompts_path,
+        "sft_model": cfg.sft_model,
+        "models": dict(cfg.models),
+        "gold": cfg.gold.model if cfg.gold.kind == "hf" else "synthetic r*(x, y)",
+        "gold_seconds": round(time.time() - t0, 2),
+        "methods": methods,
+        "mean_gold": {name: float(v.mean()) for name, v in scores.items()},
+        "generation": generation,
+        "sampling": cfg.sampling.model_dump(mode="json"),
+        "ci": cfg.ci,
+        "num_bootstrap": cfg.num_bootstrap,
+        "tie_tolerance": cfg.tie_tolerance,
+        "output_dir": cfg.output_dir,
+    }
+    metrics["seconds_total"] = round(time.time() - t_start, 2)
+    metrics["files"] = _write_outputs(cfg.output_dir, responses, metrics, scores)
+    return metrics
+
+
+def format_evaluate(m: dict) -> str:
+    ci = int(m["ci"] * 100)
+    lines = [f"evaluate: {m['num_prompts']} prompts, gold {m['gold']}; SFT mean gold {m['mean_gold']['sft']:.3f}"]
+    for name, r in m["methods"].items():
+        lines.append(f"  {name}: GRA {r['gra']:.3f} [{r['gra_ci'][0]:.3f}, {r['gra_ci'][1]:.3f}] ({ci}% CI), "
+                     f"ties {r['tie_rate']:.3f}, mean gain {r['mean_gain']:+.3f}")
+    for name, g in m["generation"].items():
+        if g.get("fallback_reasons"):
+            lines.append(f"  WARNING: {name} generated with the HF fallback: {'; '.join(g['fallback_reasons'])}")
+    lines.append(f"  report: {m['files']['report']}  ({m['seconds_total']:.1f}s)")
+    return "\n".join(lines)
+
+
+__all__ = ["run_evaluate", "format_evaluate", "score_gold", "GoldScorer"]

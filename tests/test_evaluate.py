@@ -1,0 +1,183 @@
+"""evaluate: GRA math against a hand count, the HF gold reward model, and the stage on vLLM CPU."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cwpo_ray.config import ConfigError, build_config
+from cwpo_ray.evaluate.config import EvaluateConfig
+from cwpo_ray.evaluate.gold import GoldConfig, GoldReward, HFRewardModel, build_gold_reward, hh_to_messages
+from cwpo_ray.evaluate.metrics import gra
+
+# ---------------------------------------------------------------- GRA on fixed scores
+
+SFT = np.array([1.0, 2.0, 3.0, 0.5, -1.0, 2.0, 0.0, 4.0, 1.5, -2.0])
+ALN = np.array([2.0, 2.0, 1.0, 0.7, -1.0, 3.5, 0.0, 3.0, 2.5, 1.0])
+# by hand: wins at 0,3,5,8,9 (5); ties at 1,4,6 (3); losses at 2,7 (2); diffs sum = 1+0-2+.2+0+1.5+0-1+1+3 = 3.7
+
+
+def test_gra_matches_hand_count():
+    m = gra(ALN, SFT, num_bootstrap=2000, seed=1)
+    assert (m["n"], m["wins"], m["ties"], m["losses"]) == (10, 5, 3, 2)
+    assert m["gra"] == pytest.approx(0.5) and m["tie_rate"] == pytest.approx(0.3)
+    assert m["loss_rate"] == pytest.approx(0.2)
+    assert m["mean_gain"] == pytest.approx(0.37)
+    lo, hi = m["gra_ci"]
+    assert 0.1 <= lo < 0.5 < hi <= 0.9
+    assert m["mean_gain_ci"][0] < 0.37 < m["mean_gain_ci"][1]
+    assert gra(ALN, SFT, num_bootstrap=2000, seed=1) == m  # seeded bootstrap
+
+
+def test_gra_tie_tolerance_and_edges():
+    m = gra(ALN, SFT, num_bootstrap=200, tie_tolerance=0.25)  # the +0.2 at index 3 becomes a tie
+    assert (m["wins"], m["ties"], m["losses"]) == (4, 4, 2)
+    same = gra(SFT, SFT, num_bootstrap=200)
+    assert same["gra"] == 0.0 and same["tie_rate"] == 1.0 and same["gra_ci"] == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        gra(ALN[:3], SFT)
+
+
+# ---------------------------------------------------------------- gold rewards
+
+def test_hh_to_messages():
+    p = "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: tell me about cats\n\nAssistant:"
+    assert hh_to_messages(p, " purr") == [
+        {"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "tell me about cats"}, {"role": "assistant", "content": "purr"}]
+    assert hh_to_messages("plain question", "answer") == [{"role": "user", "content": "plain question"},
+                                                         {"role": "assistant", "content": "answer"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(synthetic_assets, tmp_path_factory):
+    """A tiny Qwen2 reward model (num_labels=1) built from config, with a chat template variant."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
+
+    tok = AutoTokenizer.from_pretrained(synthetic_assets["tokenizer"])
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    plain = str(tmp_path_factory.mktemp("rm_plain"))
+    model.save_pretrained(plain)
+    tok.save_pretrained(plain)
+    chat = str(tmp_path_factory.mktemp("rm_chat"))
+    tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}")
+    model.save_pretrained(chat)
+    tok.save_pretrained(chat)
+    return {"plain": plain, "chat": chat}
+
+
+PROMPTS = [f"\n\nHuman: tell me about cats in {n} words mention purr avoid fur\n\nAssistant:" for n in (4, 5, 6, 7, 8)]
+RESPONSES = [" purr kitten paws", " please purr", " fur fur stupid", " whiskers meow purr kitten thanks glad", " the"]
+
+
+def test_hf_reward_model_raw_logits_batched(tiny_rm):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm = HFRewardModel(tiny_rm["plain"], batch_size=2)
+    assert rm.input_format == "concat" and isinstance(rm, GoldReward)
+    s = rm.score(PROMPTS, RESPONSES)
+    assert s.shape == (5,) and s.dtype == np.float64
+    # batching/padding does not change a score; it is the raw logit of one unpadded forward
+    np.testing.assert_allclose(HFRewardModel(tiny_rm["plain"], batch_size=5).score(PROMPTS, RESPONSES), s, atol=1e-5)
+    tok = AutoTokenizer.from_pretrained(tiny_rm["plain"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_rm["plain"]).eval()
+    with torch.no_grad():
+        ref = [model(**tok(p + r, return_tensors="pt")).logits[0, 0].item() for p, r in zip(PROMPTS, RESPONSES)]
+    np.testing.assert_allclose(s, ref, atol=1e-5)
+
+
+def test_hf_reward_model_chat_template_and_pair_formats(tiny_rm, synthetic_assets, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+
+    rm = HFRewardModel(tiny_rm["chat"])
+    assert rm.input_format == "chat"  # the tokenizer has a chat template (Skywork-Reward-V2 style)
+    tok = AutoTokenizer.from_pretrained(tiny_rm["chat"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_rm["chat"]).eval()
+    text = tok.apply_chat_template(hh_to_messages(PROMPTS[0], RESPONSES[0]), tokenize=False)
+    assert text.startswith("<s>user: tell me about cats")
+    with torch.no_grad():
+        ref = model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+    assert rm.score(PROMPTS[:1], RESPONSES[:1])[0] == pytest.approx(ref, abs=1e-5)
+
+    # An encoder reward model (OpenAssistant DeBERTa style) gets (question, answer) text pairs.
+    btok = AutoTokenizer.from_pretrained(synthetic_assets["tokenizer"])
+    bert = AutoModelForSequenceClassification.from_config(BertConfig(
+        vocab_size=len(btok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        num_labels=1, pad_token_id=btok.pad_token_id))
+    bert.save_pretrained(str(tmp_path / "bert"))
+    btok.save_pretrained(str(tmp_path / "bert"))
+    brm = HFRewardModel(str(tmp_path / "bert"))
+    assert brm.input_format == "pair"
+    assert np.isfinite(brm.score(PROMPTS, RESPONSES)).all()
+
+
+def test_gold_factory_and_config():
+    g = build_gold_reward(GoldConfig())
+    assert g.name == "synthetic-gold" and isinstance(g, GoldReward)
+    assert g.score(PROMPTS[:2], [" purr kitten paws whiskers", " fur"]).tolist()[0] > 0
+    with pytest.raises(ConfigError, match="gold"):
+        build_config(EvaluateConfig, {"gold": {"kind": "hf"}})
+    with pytest.raises(ConfigError, match="models"):
+        build_config(EvaluateConfig, {"models": {"sft": "x"}})
+    with pytest.raises(ConfigError, match="ci"):
+        build_config(EvaluateConfig, {}, ["ci=1.5"])
+
+
+# ---------------------------------------------------------------- the stage on the vLLM CPU engine
+
+@pytest.fixture(scope="module")
+def tuned_lm(synthetic_assets, tmp_path_factory):
+    from tests.test_generate import tune_tiny_lm
+
+    return tune_tiny_lm(synthetic_assets["student_base"], synthetic_assets["data"],
+                        str(tmp_path_factory.mktemp("eval_tuned")))
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_stage_gra_report_and_plots(ray_session, prepared_data, synthetic_assets, tuned_lm, tmp_path):
+    from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
+
+    out = str(tmp_path / "eval")
+    cfg = build_config(EvaluateConfig, {
+        "prompts_path": prepared_data["dir"] + "/test", "sft_model": synthetic_assets["student_base"],
+        # "same" is the SFT model itself: same seeds, same engine -> identical responses -> all ties.
+        "models": {"tuned": tuned_lm, "same": synthetic_assets["student_base"]},
+        "output_dir": out, "max_prompts": 60, "num_bootstrap": 500,
+        "sampling": {"max_new_tokens": 16, "seed": 0},
+        "engine": {"enforce_eager": True, "max_model_len": 256}})
+    m = run_evaluate(cfg)
+    print(format_evaluate(m))
+    assert m["num_prompts"] == 60
+    same = m["methods"]["same"]
+    assert (same["ties"], same["wins"], same["gra"], same["mean_gain"]) == (60, 0, 0.0, 0.0)
+    # GRA recomputed by hand from the written responses and gold rewards
+    resp = pq.read_table(out + "/responses.parquet").to_pylist()
+    sft = {r["prompt_id"]: r["gold"] for r in resp if r["method"] == "sft"}
+    tuned = {r["prompt_id"]: r["gold"] for r in resp if r["method"] == "tuned"}
+    wins = sum(tuned[p] > sft[p] for p in sft)
+    ties = sum(tuned[p] == sft[p] for p in sft)
+    t = m["methods"]["tuned"]
+    assert (t["wins"], t["ties"]) == (wins, ties) and t["gra"] == pytest.approx(wins / 60)
+    assert t["mean_gain"] == pytest.approx(np.mean([tuned[p] - sft[p] for p in sft]))
+    assert t["gra_ci"][0] <= t["gra"] <= t["gra_ci"][1]
+    # every model sampled with the same per-prompt seed
+    seeds = {}
+    for r in resp:
+        seeds.setdefault(r["prompt_id"], set()).add(r["seed"])
+    assert all(len(v) == 1 for v in seeds.values())
+    assert json.load(open(out + "/metrics.json"))["methods"]["tuned"]["gra"] == t["gra"]
+    report = open(out + "/report.md").read()
+    assert "| tuned |" in report and "| same |" in report
+    for png in ("gra.png", "gold_rewards.png"):
+        with open(os.path.join(out, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert all(g["backends"] == {"vllm": 60} for g in m["generation"].values())
