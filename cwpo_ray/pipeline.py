@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
 from cwpo_ray.config import RayConfig, StrictModel
 from cwpo_ray.evaluate.config import EvaluateConfig
+from cwpo_ray.generate.config import GenerateConfig
 from cwpo_ray.manifest import Manifest
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
 from cwpo_ray.student.config import AlignConfig, SFTConfig
@@ -58,7 +59,10 @@ class PipelineConfig(StrictModel):
     align: AlignConfig = Field(default_factory=AlignConfig)
     methods: dict[str, MethodSpec] = Field(default_factory=_default_methods, min_length=1)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    stages: list[Literal["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"]] = Field(
+    # Optional: candidate pairs sampled from the SFT student (vLLM) for prompts of the unlabeled pool,
+    # written in the canonical pair schema (ready for `annotate`); the paper aligns on the datasets' pairs.
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    stages: list[Literal["prepare", "train-annotator", "annotate", "sft", "generate", "align", "evaluate"]] = Field(
         default_factory=lambda: ["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"])
 
     @model_validator(mode="after")
@@ -171,6 +175,15 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     if "sft" in cfg.stages:
         stage("sft", sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft,
               [Path(sft_model)])
+
+    # 5b. generate (optional): candidate pairs from the SFT student for unlabeled prompts ------------------
+    if "generate" in cfg.stages:
+        from cwpo_ray.generate.stage import format_generate, run_generate
+
+        gen = _fill(cfg.generate.model_copy(update={"ray": cfg.ray}), model=sft_model, prompts_path=str(data / "unlabeled"),
+                    output_dir=str(run / "generated"))
+        stage("generate", gen, {"sft": fps.get("sft", ""), "data": fps.get("prepare", "")}, Path(gen.output_dir),
+              lambda: run_generate(gen), format_generate, [Path(gen.output_dir) / "pairs"])
 
     # 6. align: one student per method ----------------------------------------------------------------
     from cwpo_ray.student.align import format_align, run_align

@@ -15,7 +15,7 @@ from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig
 SMALL = [
     "synthetic.task.num_pairs=800", "annotator.epochs=2", "sft.epochs=1", "align.epochs=1",
     "methods={cw-dpo: {labels: weak, weighting: confidence}}", "evaluate.max_prompts=16",
-    "evaluate.num_bootstrap=200",
+    "evaluate.num_bootstrap=200", "generate.max_prompts=8",
 ]
 
 
@@ -59,4 +59,4 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     assert (run / "eval" / "report.md").exists()
     # a third run has nothing left to do
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 7, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 8, again.stdout[-2000:]
