@@ -9,6 +9,8 @@ import csv
 import fcntl
 import itertools
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -99,7 +101,13 @@ def run_sweep(cfg: SweepConfig) -> dict:
 
     from cwpo_ray.runtime import init_ray
 
-    init_ray(cfg.ray)
+    ray_cfg = cfg.ray
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        # Local Ray: trial drivers hold trial_cpus each and mostly wait on their TorchTrainer, whose
+        # workers want whole CPUs; one extra logical CPU keeps the two from deadlocking on a small box.
+        ray_cfg = cfg.ray.model_copy(update={"num_cpus": (cfg.ray.num_cpus or os.cpu_count() or 1)
+                                             + math.ceil(cfg.max_concurrent_trials * cfg.trial_cpus)})
+    init_ray(ray_cfg)
     base_pipeline(cfg)  # fail fast on a bad base config, before any trial starts
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
