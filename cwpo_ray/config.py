@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
@@ -30,6 +30,16 @@ class RayConfig(StrictModel):
     num_cpus: int | None = None
     num_gpus: int | None = None
     object_store_mb: int = 512
+
+
+class LoraSettings(StrictModel):
+    """Optional LoRA (peft) instead of full fine-tuning; merged into the base weights before the
+    final ``save_pretrained``. Shared by the annotator and the student stages."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
 
 
 C = TypeVar("C", bound=BaseModel)

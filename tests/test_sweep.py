@@ -14,7 +14,7 @@ def test_grid_and_names():
     g = grid(cfg)
     assert len(g) == 4 and {p["beta"] for p in g} == {0.1, 0.5}
     assert method_name({"loss": "dpo", "weighting": "confidence"}) == "cw-dpo"
-    assert method_name({"loss": "ipo", "weighting": "none"}) == "ipo"
+    assert method_name({"loss": "ipo", "weighting": "none"}) == "ws-ipo"
     assert trial_name(g[0]).startswith("lf0.3-dpo-")
 
 

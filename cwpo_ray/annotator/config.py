@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import RayConfig, StrictModel
+from cwpo_ray.config import LoraSettings, RayConfig, StrictModel
 
 
 def local_abspath(value: str | None, must_exist: bool = False) -> str | None:
@@ -17,15 +17,6 @@ def local_abspath(value: str | None, must_exist: bool = False) -> str | None:
     if not value or "://" in value or (must_exist and not os.path.exists(value)):
         return value
     return os.path.abspath(value)
-
-
-class LoraSettings(StrictModel):
-    """Optional LoRA (peft) instead of full fine-tuning; merged into the model when saved."""
-
-    r: int = Field(default=16, gt=0)
-    alpha: int = Field(default=32, gt=0)
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = "all-linear"
 
 
 class AnnotatorTrainConfig(StrictModel):

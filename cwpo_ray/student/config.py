@@ -5,16 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import RayConfig, StrictModel
-
-
-class LoraSettings(StrictModel):
-    """LoRA via peft; merged into the base weights before the final ``save_pretrained``."""
-
-    r: int = Field(default=16, gt=0)
-    alpha: int = Field(default=32, gt=0)
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = "all-linear"
+from cwpo_ray.config import LoraSettings, RayConfig, StrictModel
 
 
 class FaultInjection(StrictModel):

@@ -23,7 +23,7 @@ def trial_name(p: dict) -> str:
 
 
 def method_name(p: dict) -> str:
-    prefix = {"confidence": "cw-", "none": "", "top_fraction": "top-"}.get(p["weighting"], p["weighting"] + "-")
+    prefix = {"confidence": "cw-", "none": "ws-", "top_fraction": "top-"}.get(p["weighting"], p["weighting"] + "-")
     return f"{prefix}{p['loss']}"
 
 
