@@ -45,21 +45,24 @@ class LoraSettings(StrictModel):
 C = TypeVar("C", bound=BaseModel)
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a.b=3", "c=[1,2]"]`` -> ``{"a": {"b": 3}, "c": [1, 2]}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``a.b=value`` on a copy of ``data``. An override *replaces* the value at its key (a
+    mapping given as a value is not merged into the one there: ``methods={cw-dpo: {...}}`` leaves
+    exactly that method); use dotted keys to change one field inside a section."""
+    import copy
+
+    out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"config error: override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
         parts = key.strip().split(".")
+        node = out
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"config error: override {key!r} conflicts with another override")
-        node[parts[-1]] = value
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
     return out
 
 
@@ -90,7 +93,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
 
 def build_config(cls: type[C], data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> C:
     """Validate ``data`` (+ overrides) as ``cls``; raise :class:`ConfigError` with a one-line message."""
-    merged = deep_merge(data or {}, parse_overrides(overrides or []))
+    merged = apply_overrides(data or {}, overrides or [])
     try:
         return cls.model_validate(merged)
     except ValidationError as e:

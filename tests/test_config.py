@@ -1,13 +1,20 @@
 import pytest
 
 from cwpo_ray.cli import main
-from cwpo_ray.config import ConfigError, build_config, load_config, parse_overrides
+from cwpo_ray.config import ConfigError, apply_overrides, build_config, load_config
 from cwpo_ray.pipeline import PipelineConfig
 from cwpo_ray.prepare.config import PrepareConfig
 
 
 def test_overrides_parse_yaml_values():
-    assert parse_overrides(["a.b=3", "c=[1, 2]", "d=null", "e=x"]) == {"a": {"b": 3}, "c": [1, 2], "d": None, "e": "x"}
+    assert apply_overrides({}, ["a.b=3", "c=[1, 2]", "d=null", "e=x"]) == {"a": {"b": 3}, "c": [1, 2], "d": None, "e": "x"}
+
+
+def test_override_replaces_a_mapping_but_dotted_keys_change_one_field():
+    cfg = build_config(PipelineConfig, {"methods": {"a": {"loss": "ipo"}, "b": {}}, "align": {"beta": 0.1, "lr": 1e-4}},
+                       ["methods={c: {loss: rdpo}}", "align.beta=0.3"])
+    assert list(cfg.methods) == ["c"] and cfg.methods["c"].loss == "rdpo"
+    assert cfg.align.beta == 0.3 and cfg.align.lr == 1e-4
 
 
 def test_unknown_field_names_it():
