@@ -36,9 +36,9 @@ def run_seed(seed: int, run_dir: Path) -> dict:
 
     overrides = [f"run_dir={run_dir / f'seed{seed}'}", f"synthetic.task.seed={seed}", f"annotator.seed={seed}",
                  f"sft.seed={seed}", f"align.seed={seed}", f"evaluate.sampling.seed={seed}", "evaluate.max_prompts=null",
-                 f"methods={json.dumps(METHODS)}"]
+                 f"methods={json.dumps(METHODS)}", "stages=[prepare, train-annotator, annotate, sft, align, evaluate]"]
     cfg = load_config(PipelineConfig, DEMO_CONFIG, overrides)
-    assert set(cfg.methods) == set(METHODS)
+    assert list(cfg.methods) == list(METHODS)
     out = run_pipeline(cfg)
     return json.loads((Path(out["report"]).parent / "metrics.json").read_text())
 
