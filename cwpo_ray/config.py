@@ -17,6 +17,13 @@ class ConfigError(ValueError):
     """A bad config; the message is one line that names the field."""
 
 
+def require(cfg: BaseModel, *fields: str) -> None:
+    """Fail fast, naming the field, when a stage is run without a path the pipeline would fill in."""
+    for f in fields:
+        if not getattr(cfg, f):
+            raise ConfigError(f"config error: {f}: required")
+
+
 class StrictModel(BaseModel):
     """Base of every config: unknown fields are errors, assignment is validated."""
 

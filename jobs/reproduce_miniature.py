@@ -51,7 +51,6 @@ def aggregate(per_seed: dict[int, dict], out: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cwpo_ray.evaluate.metrics import gra
 
     rows = []
     for name in METHODS:

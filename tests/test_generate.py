@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

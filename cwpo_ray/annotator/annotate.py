@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from cwpo_ray import io
 from cwpo_ray.annotator.config import AnnotateConfig, local_abspath
 from cwpo_ray.annotator.losses import confidence, orient
-from cwpo_ray.config import ConfigError
+from cwpo_ray.config import ConfigError, require
 from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, QUARANTINE_SCHEMA, truncate_raw, validate_pair
 
 log = logging.getLogger(__name__)
@@ -242,10 +242,7 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> dict:
     from cwpo_ray.annotator.metrics import confidence_histogram
     from cwpo_ray.runtime import init_ray
 
-    if not cfg.model:
-        raise ConfigError("config error: model: required")
-    if not cfg.output_dir:
-        raise ConfigError("config error: output_dir: required")
+    require(cfg, "model", "output_dir")
     if not (cfg.input or cfg.data_dir):
         raise ConfigError("config error: input: give input or data_dir")
     cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),

@@ -23,7 +23,7 @@ from cwpo_ray import io
 from cwpo_ray.annotator.config import AnnotatorTrainConfig, local_abspath
 from cwpo_ray.annotator.losses import bradley_terry_loss
 from cwpo_ray.annotator.scoring import encode_texts, load_scorer_model, load_tokenizer, pad_batch
-from cwpo_ray.config import ConfigError
+from cwpo_ray.config import ConfigError, require
 from cwpo_ray.schema import PAIR_SCHEMA, validate_pair
 
 log = logging.getLogger(__name__)
@@ -282,9 +282,7 @@ def run_train_annotator(cfg: AnnotatorTrainConfig) -> dict:
 
     from cwpo_ray.runtime import init_ray
 
-    for name in ("model", "data_dir", "output_dir"):
-        if not getattr(cfg, name):
-            raise ConfigError(f"config error: {name}: required")
+    require(cfg, "model", "data_dir", "output_dir")
     if "://" in cfg.output_dir:
         raise ConfigError("config error: output_dir: train-annotator writes a local/shared folder (got a URI)")
     cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir)})

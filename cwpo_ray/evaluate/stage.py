@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cwpo_ray import io
-from cwpo_ray.config import ConfigError
+from cwpo_ray.config import ConfigError, require
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.evaluate.gold import GoldConfig, build_gold_reward
 from cwpo_ray.evaluate.metrics import gra
@@ -81,9 +81,7 @@ def _write_outputs(output_dir: str, responses: pa.Table, metrics: dict, scores: 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
-    for field in ("prompts_path", "sft_model", "output_dir"):
-        if not getattr(cfg, field):
-            raise ConfigError(f"config error: {field}: required")
+    require(cfg, "prompts_path", "sft_model", "output_dir")
     init_ray(cfg.ray)
     t_start = time.time()
     prompts, _, prompt_counts = read_prompts(cfg.prompts_path, cfg.prompt_column, cfg.max_prompts)

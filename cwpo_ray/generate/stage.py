@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cwpo_ray import io
-from cwpo_ray.config import ConfigError
+from cwpo_ray.config import ConfigError, require
 from cwpo_ray.generate.config import EngineConfig, GenerateConfig, SamplingConfig
 from cwpo_ray.generate.core import CANDIDATE_SCHEMA, expand_requests, pair_candidates
 from cwpo_ray.generate.engines import generate_candidates
@@ -134,9 +134,7 @@ def generate_table(prompts: list[str], model: str, k: int, sampling: SamplingCon
 
 def run_generate(cfg: GenerateConfig) -> dict:
     """Run the stage; returns (and writes to ``summary.json``) counts, throughput and backend used."""
-    for field in ("model", "prompts_path", "output_dir"):
-        if not getattr(cfg, field):
-            raise ConfigError(f"config error: {field}: required")
+    require(cfg, "model", "prompts_path", "output_dir")
     init_ray(cfg.ray)
     t_start = time.time()
     for sub in ("candidates", "pairs", "quarantine"):
@@ -185,7 +183,7 @@ def format_generate(s: dict) -> str:
         f"({g['generated_tokens']} tokens, {g['tokens_per_s']} tok/s, {g['device']}, {g['executor']}; backend: {backends})",
         f"  pairs: {s['pairs']} ({s['pairing']}), quarantined {s['quarantined']}"
         + (": " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items()) if s["quarantine_reasons"] else ""),
-        f"  finish: " + ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items())
+        "  finish: " + ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items())
         + f"; prompts in {p['rows_in']} (duplicates {p['duplicate_prompts']}, bad {p['bad_prompts']})",
     ]
     if g["fallback_reasons"]:

@@ -18,7 +18,7 @@ from ray.data import Datasink
 from ray.data.datasource import FileBasedDatasource
 
 from cwpo_ray import io
-from cwpo_ray.config import ConfigError
+from cwpo_ray.config import ConfigError, require
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
 from cwpo_ray.prepare.core import BATCH_SCHEMA, Normalizer, parse_json_lines
 from cwpo_ray.runtime import init_ray
@@ -131,8 +131,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     """Run the stage; returns (and writes to ``summary.json``) the counts."""
     if not cfg.sources:
         raise ConfigError("config error: sources: at least one source is required")
-    if not cfg.output_dir:
-        raise ConfigError("config error: output_dir: required")
+    require(cfg, "output_dir")
     init_ray(cfg.ray)
     for split in (*SPLITS, "quarantine"):
         io.rmtree(io.join(cfg.output_dir, split))

@@ -14,7 +14,8 @@ from cwpo_ray import io
 from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.config import AlignConfig
 from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encode_rows
-from cwpo_ray.student.stage import fit, load_pairs, require, train_metrics, with_weights, write_summary
+from cwpo_ray.config import require
+from cwpo_ray.student.stage import fit, load_pairs, train_metrics, with_weights, write_summary
 
 
 class RefLogprobScorer:

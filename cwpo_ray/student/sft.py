@@ -10,7 +10,8 @@ import time
 
 from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.config import SFTConfig
-from cwpo_ray.student.stage import fit, load_pairs, require, train_metrics, write_summary
+from cwpo_ray.config import require
+from cwpo_ray.student.stage import fit, load_pairs, train_metrics, write_summary
 
 
 def run_sft(cfg: SFTConfig) -> dict:

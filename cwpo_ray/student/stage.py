@@ -12,7 +12,6 @@ import pyarrow as pa
 
 from cwpo_ray import io
 from cwpo_ray.config import ConfigError
-from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.data import add_weights, human_pairs_to_labeled, validate_labeled
 from cwpo_ray.student.losses import top_fraction_threshold
 
@@ -52,12 +51,6 @@ class MetricsLogger(UserCallback):
                 self._tb.flush()
             except ImportError:
                 self.tensorboard = False
-
-
-def require(cfg, *fields: str) -> None:
-    for f in fields:
-        if not getattr(cfg, f):
-            raise ConfigError(f"config error: {f}: required")
 
 
 def load_pairs(cfg, needs_scores: bool) -> tuple:

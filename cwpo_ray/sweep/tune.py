@@ -47,8 +47,6 @@ def base_pipeline(cfg: SweepConfig):
     from cwpo_ray.config import build_config, deep_merge
     from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig
 
-    import yaml
-
     base: dict = {}
     if cfg.pipeline_config:
         path = DEMO_CONFIG if cfg.pipeline_config == "demo" else Path(cfg.pipeline_config)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from cwpo_ray.config import StrictModel
+from cwpo_ray.config import StrictModel, require
 from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm, train_tokenizer
 from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
 
@@ -29,10 +29,7 @@ class SyntheticConfig(StrictModel):
 
 def build_synthetic(cfg: SyntheticConfig) -> dict[str, str]:
     """Returns paths: data (canonical jsonl), tokenizer, weak_base, student_base, gold (jsonl)."""
-    if not cfg.output_dir:
-        from cwpo_ray.config import ConfigError
-
-        raise ConfigError("config error: output_dir: required")
+    require(cfg, "output_dir")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = SyntheticTask(cfg.task)
