@@ -139,7 +139,7 @@ def bench_e2e(a) -> None:
     from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
 
     tmp = tempfile.mkdtemp(prefix="bench_annotate_")
-    paths = build_synthetic(SyntheticConfig(output_dir=f"{tmp}/syn", task=SyntheticTaskConfig(num_pairs=200)))
+    paths = build_synthetic(SyntheticConfig(output_dir=f"{tmp}/syn", task=SyntheticTaskConfig(num_pairs=200)))["paths"]
     rows = SyntheticTask(SyntheticTaskConfig(num_pairs=a.e2e_pairs, seed=1)).rows()
     table = pa.table({"pair_id": [pair_id(r["prompt"], r["response_a"], r["response_b"]) for r in rows],
                       "prompt": [r["prompt"] for r in rows], "response_a": [r["response_a"] for r in rows],

@@ -32,10 +32,11 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
 class MethodSpec(StrictModel):
-    """One student alignment run. ``labels``: weak (annotate's output), human_labeled (the labeled
-    fraction's human labels) or human_all (human labels of labeled + unlabeled pool: Human-DPO 100%)."""
+    """One student alignment run. ``labels``: weak (annotate's output on the unlabeled pool),
+    human_unlabeled (the unlabeled pool's own human labels: the paper's Table 1 "Human"), human_labeled
+    (the labeled fraction's human labels) or human_all (labeled + unlabeled pool: Human-DPO 100%)."""
 
-    labels: Literal["weak", "human_labeled", "human_all"] = "weak"
+    labels: Literal["weak", "human_unlabeled", "human_labeled", "human_all"] = "weak"
     loss: Literal["dpo", "ipo", "rdpo"] = "dpo"
     weighting: Literal["confidence", "none", "top_fraction", "sigmoid_delta", "clip_delta", "scaled_clip_delta"] = "confidence"
     top_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
@@ -127,8 +128,10 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     if cfg.synthetic is not None:
         from cwpo_ray.synthetic.build import build_synthetic
 
+        from cwpo_ray.synthetic.build import format_synthesize
+
         syn = _fill(cfg.synthetic, output_dir=str(run / "synthetic"))
-        stage("synthesize", syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn))
+        stage("synthesize", syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn), format_synthesize)
         import json
 
         paths = json.loads((Path(syn.output_dir) / "manifest.json").read_text())["paths"]
@@ -163,6 +166,14 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
         stage("annotate", annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
               Path(annot.output_dir), lambda: run_annotate(annot.model_copy(update={"overwrite": True})), format_annotate,
               [Path(annot.output_dir) / "labeled"])
+    if cfg.synthetic is not None and (Path(annot.output_dir) / "labeled").exists():
+        import json
+
+        from cwpo_ray.synthetic.diagnostics import format_label_report, label_report
+
+        out["labels"] = label_report(str(data), str(Path(annot.output_dir) / "labeled"))  # gold is known here only
+        (run / "label_stats.json").write_text(json.dumps(out["labels"], indent=2))
+        print(format_label_report(out["labels"]), flush=True)
 
     # 5. sft: the student on (prompt, human-chosen) of the labeled fraction ----------------------------
     from cwpo_ray.student.sft import format_sft, run_sft
@@ -190,6 +201,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
 
     label_data = {
         "weak": (str(Path(annot.output_dir) / "labeled"), "labeled", fps.get("annotate", "")),
+        "human_unlabeled": (str(data / "unlabeled"), "pairs", fps.get("prepare", "")),
         "human_labeled": (str(data / "labeled"), "pairs", fps.get("prepare", "")),
         "human_all": (str(run / "human_all"), "pairs", fps.get("prepare", "")),
     }
@@ -219,12 +231,35 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
         stage("evaluate", ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev), format_evaluate,
               [Path(ev.output_dir) / "metrics.json"])
         out["report"] = str(Path(ev.output_dir) / "report.md")
+        import json
+
+        metrics = json.loads((Path(ev.output_dir) / "metrics.json").read_text())
+        out["gate"] = sanity_gate(cfg.methods, metrics)
     out["seconds"] = round(time.time() - t_start, 1)
     return out
 
 
+def sanity_gate(methods: dict[str, MethodSpec], metrics: dict) -> dict | None:
+    """Does preference optimization work in this setting at all? Human-DPO (DPO on the pool's own
+    human labels) against its SFT model: it works when the GRA CI's lower bound is above 0.5."""
+    for name, ms in methods.items():
+        if ms.labels == "human_unlabeled" and ms.loss == "dpo" and name in metrics.get("methods", {}):
+            m = metrics["methods"][name]
+            return {"method": name, "gra": m["gra"], "gra_ci": m["gra_ci"], "works": m["gra_ci"][0] > 0.5,
+                    "ci": metrics["ci"]}
+    return None
+
+
+def format_gate(g: dict) -> str:
+    lo, hi = g["gra_ci"]
+    verdict = "works here" if g["works"] else "does NOT demonstrably work here (GRA CI reaches 0.5)"
+    return f"preference optimization {verdict}: {g['method']} GRA {g['gra']:.3f} [{lo:.3f}, {hi:.3f}] vs its SFT model"
+
+
 def format_pipeline(out: dict) -> str:
     lines = [f"\npipeline finished in {out['seconds']:.0f}s: {out['run_dir']}"]
+    if out.get("gate"):
+        lines.insert(0, "\n" + format_gate(out["gate"]))
     for name, s in out["stages"].items():
         took = "skipped (up to date)" if s["skipped"] else f"{s['seconds']:.1f}s"
         lines.append(f"  {name:<22} {took}")

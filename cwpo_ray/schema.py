@@ -46,7 +46,7 @@ LABELED_SCHEMA = pa.schema(
     ]
 )
 
-SPLITS = ("labeled", "unlabeled", "test")
+SPLITS = ("labeled", "unlabeled", "validation", "test")
 RAW_TRUNCATE = 2000
 
 
@@ -66,14 +66,19 @@ def _unit(seed: int, salt: str, text: str) -> float:
     return int.from_bytes(d, "little") / 2**64
 
 
-def assign_split(prompt: str, test_fraction: float, labeled_fraction: float, seed: int = 0) -> str:
-    """Deterministic split by a hash of the *prompt* (so no test prompt leaks into training).
+def assign_split(prompt: str, test_fraction: float, labeled_fraction: float, seed: int = 0,
+                 validation_fraction: float = 0.0) -> str:
+    """Deterministic split by a hash of the *prompt* (so no test or validation prompt leaks into training).
 
-    ``test_fraction`` of prompts go to test; of the rest, ``labeled_fraction`` keep their human
-    labels for the annotator and the remainder form the unlabeled pool. Independent of row order.
+    ``test_fraction`` of prompts go to test and ``validation_fraction`` (of all prompts) to validation,
+    where hyperparameters are selected; of the rest, ``labeled_fraction`` keep their human labels for
+    the annotator and the remainder form the unlabeled pool. Independent of row order; the test split
+    does not depend on ``validation_fraction``.
     """
     if _unit(seed, "test", prompt) < test_fraction:
         return "test"
+    if validation_fraction > 0 and _unit(seed, "validation", prompt) < validation_fraction / (1.0 - test_fraction):
+        return "validation"
     return "labeled" if _unit(seed, "labeled", prompt) < labeled_fraction else "unlabeled"
 
 

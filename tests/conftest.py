@@ -49,12 +49,15 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def synthetic_assets(tmp_path_factory):
-    """The synthetic task (1,500 pairs), its tokenizer and tiny weak/student base models."""
+    """The synthetic task (1,500 pairs), its tokenizer and tiny weak/student base models (briefly pretrained)."""
     from cwpo_ray.synthetic.build import SyntheticConfig, build_synthetic
+    from cwpo_ray.synthetic.pretrain import PretrainConfig
     from cwpo_ray.synthetic.task import SyntheticTaskConfig
 
     out = tmp_path_factory.mktemp("synthetic")
-    return build_synthetic(SyntheticConfig(output_dir=str(out), task=SyntheticTaskConfig(num_pairs=1500, seed=0)))
+    summary = build_synthetic(SyntheticConfig(output_dir=str(out), task=SyntheticTaskConfig(num_pairs=1500, seed=0),
+                                              pretrain=PretrainConfig(num_texts=1024, epochs=1)))
+    return {**summary["paths"], "summary": summary}
 
 
 @pytest.fixture(scope="session")

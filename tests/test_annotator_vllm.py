@@ -33,10 +33,10 @@ def test_vllm_backend_matches_hf_backend(synthetic_assets, tmp_path):
     from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm
 
     # A tiny Qwen2ForSequenceClassification with a non-trivial (seeded) head. vLLM's CPU attention
-    # supports head sizes 32, 64, 80, … only, so 2 heads of 32 (the synthetic weak_base has 4 × 16).
+    # supports head sizes 32, 64, 80, … only: 2 heads of 32, the synthetic weak_base's shape.
     tok = load_tokenizer(synthetic_assets["tokenizer"])
-    base = build_tiny_causal_lm(TinyModelConfig(arch="qwen2", hidden_size=64, intermediate_size=128, num_layers=2,
-                                                num_heads=2, num_kv_heads=1), tok, tmp_path / "qwen2_base")
+    base, _ = build_tiny_causal_lm(TinyModelConfig(arch="qwen2", hidden_size=64, intermediate_size=128, num_layers=2,
+                                                   num_heads=2, num_kv_heads=1), tok, tmp_path / "qwen2_base")
     torch.manual_seed(1)
     model = load_scorer_model(str(base), tok, dtype=torch.float32)
     torch.nn.init.normal_(model.score.weight, std=0.5)

@@ -41,6 +41,26 @@ def test_gra_tie_tolerance_and_edges():
         gra(ALN[:3], SFT)
 
 
+def test_gra_with_several_samples_per_prompt():
+    # 2 prompts x 3 samples: prompt 0 wins 2 of 3, prompt 1 wins 0 of 3 with one tie
+    aln = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 5.0]])
+    sft = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 6.0]])
+    m = gra(aln, sft, num_bootstrap=300)
+    assert m["samples_per_prompt"] == 3 and m["n"] == 2
+    assert (m["wins"], m["ties"], m["losses"]) == (2, 1, 3)
+    assert m["gra"] == pytest.approx((2 / 3 + 0) / 2) and m["tie_rate"] == pytest.approx((0 + 1 / 3) / 2)
+    assert m["mean_gain"] == pytest.approx(np.mean(aln - sft))
+    assert gra(aln[:, :1], sft[:, :1], num_bootstrap=300)["gra"] == gra(aln[:, 0], sft[:, 0], num_bootstrap=300)["gra"]
+
+
+def test_model_seeds_are_distinct_and_stable():
+    from cwpo_ray.generate.core import model_seed
+
+    assert model_seed(0, "sft") == model_seed(0, "sft")
+    assert len({model_seed(0, n) for n in ("sft", "human-dpo", "cw-dpo", "ws-dpo")}) == 4
+    assert model_seed(0, "sft") != model_seed(1, "sft")
+
+
 # ---------------------------------------------------------------- gold rewards
 
 def test_hh_to_messages():
@@ -147,37 +167,41 @@ def test_evaluate_stage_gra_report_and_plots(ray_session, prepared_data, synthet
     from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
 
     out = str(tmp_path / "eval")
+    k = 2
     cfg = build_config(EvaluateConfig, {
         "prompts_path": prepared_data["dir"] + "/test", "sft_model": synthetic_assets["student_base"],
-        # "same" is the SFT model itself: same seeds, same engine -> identical responses -> all ties.
+        # "same" is the SFT model itself, sampled with its own (independent) seeds: about as many wins as losses.
         "models": {"tuned": tuned_lm, "same": synthetic_assets["student_base"]},
-        "output_dir": out, "max_prompts": 60, "num_bootstrap": 500,
+        "output_dir": out, "max_prompts": 60, "num_samples": k, "num_bootstrap": 500,
         "sampling": {"max_new_tokens": 16, "seed": 0},
         "engine": {"enforce_eager": True, "max_model_len": 256}})
     m = run_evaluate(cfg)
     print(format_evaluate(m))
-    assert m["num_prompts"] == 60
-    same = m["methods"]["same"]
-    assert (same["ties"], same["wins"], same["gra"], same["mean_gain"]) == (60, 0, 0.0, 0.0)
-    # GRA recomputed by hand from the written responses and gold rewards
+    assert m["num_prompts"] == 60 and m["samples_per_prompt"] == k
+    # GRA recomputed by hand from the written responses and gold rewards: sample j vs sample j, per prompt
     resp = pq.read_table(out + "/responses.parquet").to_pylist()
-    sft = {r["prompt_id"]: r["gold"] for r in resp if r["method"] == "sft"}
-    tuned = {r["prompt_id"]: r["gold"] for r in resp if r["method"] == "tuned"}
-    wins = sum(tuned[p] > sft[p] for p in sft)
-    ties = sum(tuned[p] == sft[p] for p in sft)
-    t = m["methods"]["tuned"]
-    assert (t["wins"], t["ties"]) == (wins, ties) and t["gra"] == pytest.approx(wins / 60)
-    assert t["mean_gain"] == pytest.approx(np.mean([tuned[p] - sft[p] for p in sft]))
-    assert t["gra_ci"][0] <= t["gra"] <= t["gra_ci"][1]
-    # every model sampled with the same per-prompt seed
+    gold = {(r["method"], r["prompt_id"], r["sample"]): r["gold"] for r in resp}
+    pids = sorted({r["prompt_id"] for r in resp})
+    assert len(resp) == 3 * 60 * k and len(pids) == 60
+    for name in ("tuned", "same"):
+        d = np.array([[gold[(name, p, j)] - gold[("sft", p, j)] for j in range(k)] for p in pids])
+        t = m["methods"][name]
+        assert (t["wins"], t["ties"]) == (int((d > 0).sum()), int((d == 0).sum()))
+        assert t["gra"] == pytest.approx((d > 0).mean()) and t["mean_gain"] == pytest.approx(d.mean())
+        assert t["gra_ci"][0] <= t["gra"] <= t["gra_ci"][1]
+    assert m["methods"]["same"]["tie_rate"] < 0.9  # independent samples of one model mostly differ
+    # independent seeding: each model has its own seed for every (prompt, sample)
     seeds = {}
     for r in resp:
-        seeds.setdefault(r["prompt_id"], set()).add(r["seed"])
-    assert all(len(v) == 1 for v in seeds.values())
+        seeds.setdefault((r["prompt_id"], r["sample"]), []).append(r["seed"])
+    assert all(len(set(v)) == 3 for v in seeds.values())
+    assert set(m["length_limit_share"]) == {"sft", "tuned", "same"}
+    t = m["methods"]["tuned"]
     assert json.load(open(out + "/metrics.json"))["methods"]["tuned"]["gra"] == t["gra"]
     report = open(out + "/report.md").read()
     assert "| tuned |" in report and "| same |" in report
     for png in ("gra.png", "gold_rewards.png"):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert all(g["backends"] == {"vllm": 60} for g in m["generation"].values())
+    assert all(g["backends"] == {"vllm": 60 * k} for g in m["generation"].values())
+    assert "at length limit" in report

@@ -71,12 +71,31 @@ def test_split_is_independent_of_row_order(ray_session, tmp_path, synthetic_asse
         s, out = _prepare(tmp_path / name, [{"format": "canonical", "path": str(tmp_path / f"{name}.jsonl")}])
         assert s["rows_in"] == 600
         m = {}
-        for split in ("labeled", "unlabeled", "test"):
+        for split in ("labeled", "unlabeled", "validation", "test"):
             t = _read(out, split)
             for pid, lab in zip(t.column("pair_id").to_pylist(), t.column("human_label").to_pylist()):
                 m[pid] = (split, lab)
         maps.append(m)
     assert maps[0] == maps[1] and len(maps[0]) == 600
+    # every prompt lands in exactly one split (no validation or test prompt in training), each split is used
+    by_prompt: dict = {}
+    for name in ("labeled", "unlabeled", "validation", "test"):
+        for p in _read(tmp_path / "a" / "out", name).column("prompt").to_pylist():
+            by_prompt.setdefault(p, set()).add(name)
+    assert all(len(v) == 1 for v in by_prompt.values())
+    assert {n for v in by_prompt.values() for n in v} == {"labeled", "unlabeled", "validation", "test"}
+
+
+def test_assign_split_fractions_and_stable_test_split():
+    from cwpo_ray.schema import assign_split
+
+    prompts = [f"prompt {i}" for i in range(20000)]
+    with_val = [assign_split(p, 0.1, 0.3, 0, validation_fraction=0.1) for p in prompts]
+    without = [assign_split(p, 0.1, 0.3, 0) for p in prompts]
+    share = {s: with_val.count(s) / len(prompts) for s in set(with_val)}
+    assert abs(share["test"] - 0.1) < 0.01 and abs(share["validation"] - 0.1) < 0.01
+    assert abs(share["labeled"] - 0.3 * 0.8) < 0.015
+    assert [a == "test" for a in with_val] == [b == "test" for b in without]  # test split unchanged
 
 
 def test_many_formats_and_length_filter(ray_session, tmp_path, synthetic_assets):

@@ -2,15 +2,20 @@ import numpy as np
 import pytest
 
 from cwpo_ray.synthetic.task import (
-    Prompt, SyntheticGoldReward, SyntheticTask, SyntheticTaskConfig, expected_label_noise, gold_reward, parse_prompt,
+    Prompt, SyntheticGoldReward, SyntheticTask, SyntheticTaskConfig, agreement_for_temperature, expected_label_noise,
+    gold_reward, label_statistics, parse_prompt, word_weight,
 )
 
 
 def test_gold_reward_by_hand():
     p = Prompt("cats", 4, "purr", "fur")
-    assert gold_reward(p, " purr kitten thanks meow") == pytest.approx(1 + 1.5 + 1 + 0.5 + 1)
-    # rude, off-topic, repeat, avoided word, length off by 1
-    assert gold_reward(p, " hate bark kitten kitten fur") == pytest.approx(-1.5 - 0.5 + 1 - 0.5 + 1 - 2.0 - 0.4)
+    w = lambda word: word_weight("cats", word)  # noqa: E731
+    assert 0.5 <= w("kitten") <= 1.5 and 0.25 <= w("thanks") <= 0.75 and -2 <= w("hate") <= -1
+    assert -0.7 <= w("bark") <= -0.37 and w("the") == 0.0
+    assert gold_reward(p, " purr kitten thanks meow") == pytest.approx(w("purr") + w("kitten") + w("thanks") + w("meow") + 1.5)
+    # rude, off-topic, repeat (-0.5, no second credit), avoided word (-2 on top of its weight), length off by 1
+    assert gold_reward(p, " hate bark kitten kitten fur") == pytest.approx(
+        w("hate") + w("bark") + w("kitten") - 0.5 + w("fur") - 2.0 - 0.4)
     assert parse_prompt(p.text) == p
 
 
@@ -19,7 +24,7 @@ def test_gold_reward_has_spread_and_ranks_quality():
     g = np.array([r["gold_a"] for r in rows] + [r["gold_b"] for r in rows])
     assert g.std() > 2.0 and g.max() - g.min() > 10
     d = np.abs(np.array([r["gold_a"] - r["gold_b"] for r in rows]))
-    assert (d > 0).mean() > 0.9          # few exact ties
+    assert (d > 0).mean() > 0.99         # per-word weights: almost no exact ties
     assert (d > 3).mean() > 0.2 and (d < 1).mean() > 0.1  # both easy and hard pairs
     gold = SyntheticGoldReward()
     assert np.allclose(gold.score([r["prompt"] for r in rows[:5]], [r["response_a"] for r in rows[:5]]),
@@ -28,7 +33,8 @@ def test_gold_reward_has_spread_and_ranks_quality():
 
 @pytest.mark.parametrize("temperature", [0.0, 0.5, 2.0])
 def test_label_noise_matches_temperature(temperature):
-    rows = SyntheticTask(SyntheticTaskConfig(num_pairs=6000, seed=1, label_temperature=temperature)).rows()
+    task = SyntheticTask(SyntheticTaskConfig(num_pairs=6000, seed=1, human_agreement=None, label_temperature=temperature))
+    rows = task.rows()
     d = np.array([r["gold_a"] - r["gold_b"] for r in rows])
     lab = np.array([r["human_label"] for r in rows])
     wrong = ((d > 0) & (lab == "b")) | ((d < 0) & (lab == "a"))
@@ -38,6 +44,33 @@ def test_label_noise_matches_temperature(temperature):
     assert abs(observed - expected) < 4 * np.sqrt(max(expected * (1 - expected), 1e-4) / n) + 1e-3
     if temperature == 0:
         assert observed == 0
+
+
+@pytest.mark.parametrize("target", [0.6, 0.7, 0.85])
+def test_human_agreement_is_calibrated(target):
+    task = SyntheticTask(SyntheticTaskConfig(num_pairs=6000, seed=2, human_agreement=target))
+    rows = task.rows()
+    d = np.array([r["gold_a"] - r["gold_b"] for r in rows])
+    assert agreement_for_temperature(d, task.temperature) == pytest.approx(target, abs=1e-6)  # T solved exactly
+    measured = label_statistics(rows)["human_gold_agreement"]
+    assert abs(measured - target) < 4 * np.sqrt(target * (1 - target) / len(rows))  # sampled labels match it
+
+
+def test_noise_settings_are_exclusive():
+    from cwpo_ray.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="human_agreement"):
+        build_config(SyntheticTaskConfig, {"label_temperature": 1.0})  # the default agreement is also set
+    assert build_config(SyntheticTaskConfig, {"label_temperature": 1.0, "human_agreement": None}).label_temperature == 1.0
+    with pytest.raises(ConfigError, match="human_agreement"):
+        build_config(SyntheticTaskConfig, {"human_agreement": 0.4})
+
+
+def test_pretraining_text_has_no_rewards_or_labels():
+    task = SyntheticTask(SyntheticTaskConfig(num_pairs=10, seed=0))
+    texts = task.pretraining_texts(50, seed=1)
+    assert len(texts) == 50 and all(t.startswith("\n\nHuman: tell me about ") and "\n\nAssistant: " in t for t in texts)
+    assert texts == task.pretraining_texts(50, seed=1) and texts != task.pretraining_texts(50, seed=2)
 
 
 def test_task_is_seeded():
@@ -61,3 +94,26 @@ def test_assets_load_through_real_hf_paths(synthetic_assets):
     with torch.no_grad():
         out = clf(torch.tensor([ids]))
     assert out.logits.shape == (1, 1)
+
+
+def test_label_report_against_gold(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cwpo_ray.synthetic.diagnostics import label_report
+
+    p = Prompt("cats", 4, "purr", "fur").text
+    good, bad = " purr kitten meow paws", " hate ugh dumb bark"
+    (tmp_path / "data" / "unlabeled").mkdir(parents=True)
+    (tmp_path / "ann").mkdir()
+    # human labels: 3 of 4 agree with gold (good > bad)
+    pq.write_table(pa.table({"prompt": [p] * 4, "response_a": [good, bad, good, bad], "response_b": [bad, good, bad, good],
+                             "human_label": ["a", "b", "a", "a"]}), tmp_path / "data" / "unlabeled" / "part-0.parquet")
+    # weak labels: the two most confident are right, the least confident is wrong
+    pq.write_table(pa.table({"prompt": [p] * 4, "chosen": [good, good, good, bad], "rejected": [bad, bad, bad, good],
+                             "confidence": pa.array([0.9, 0.8, 0.3, 0.1], pa.float32()),
+                             "human_label_agrees": [True, True, False, None]}), tmp_path / "ann" / "part-0.parquet")
+    r = label_report(str(tmp_path / "data"), str(tmp_path / "ann"))
+    assert r["human_gold_agreement"] == 0.75
+    assert r["weak_gold_agreement"] == 0.75 and r["weak_human_agreement"] == pytest.approx(2 / 3)
+    assert r["weak_gold_agreement_top"]["top30"] == 1.0 and r["weak_gold_agreement_top"]["top100"] == 0.75

@@ -1,6 +1,8 @@
 """Config of `cwpo evaluate`."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from cwpo_ray.config import RayConfig, StrictModel
@@ -19,6 +21,12 @@ class EvaluateConfig(StrictModel):
     models: dict[str, str] = Field(default_factory=dict)
     output_dir: str | None = None  # required; the pipeline sets {run_dir}/eval
     max_prompts: int | None = Field(default=None, gt=0)
+    # Responses per prompt and model; GRA averages each prompt's k comparisons (sample j vs sample j).
+    num_samples: int = Field(default=4, ge=1)
+    # independent: every model samples with its own seeds (derived from sampling.seed and the model's
+    # name), as two separately sampled models are compared in the paper. paired: all models use the same
+    # per-request seeds, which couples near-identical models into identical responses (counted as ties).
+    seeding: Literal["independent", "paired"] = "independent"
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     gold: GoldConfig = Field(default_factory=GoldConfig)

@@ -65,14 +65,19 @@ def markdown(metrics: dict) -> str:
         f"response (ties, |Δ| ≤ {metrics['tie_tolerance']}, are not wins); {ci}% percentile bootstrap CIs "
         f"over prompts ({metrics['num_bootstrap']} resamples).",
         "",
-        f"| method | GRA | {ci}% CI | ties | losses | mean gain | {ci}% CI | mean gold |",
-        "|---|---|---|---|---|---|---|---|",
+        f"- {metrics['samples_per_prompt']} responses per prompt and model ({metrics['seeding']} seeds); each "
+        f"prompt's GRA is the share of its {metrics['samples_per_prompt']} comparisons (sample j vs sample j) won.",
+        f"- at the length limit ({metrics['sampling']['max_new_tokens']} new tokens): SFT "
+        f"{metrics['length_limit_share']['sft']:.1%}; per method in the table.",
+        "",
+        f"| method | GRA | {ci}% CI | ties | losses | mean gain | {ci}% CI | mean gold | at length limit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in metrics["methods"].items():
         lines.append(
             f"| {name} | {m['gra']:.3f} | [{m['gra_ci'][0]:.3f}, {m['gra_ci'][1]:.3f}] | {m['tie_rate']:.3f} | "
             f"{m['loss_rate']:.3f} | {m['mean_gain']:+.3f} | [{m['mean_gain_ci'][0]:+.3f}, {m['mean_gain_ci'][1]:+.3f}] | "
-            f"{m['mean_gold_aligned']:.3f} |")
+            f"{m['mean_gold_aligned']:.3f} | {metrics['length_limit_share'][name]:.1%} |")
     lines += ["", "## Generation", "", "| model | path | backend | tokens | tok/s | finish |", "|---|---|---|---|---|---|"]
     for name, g in metrics["generation"].items():
         lines.append(f"| {name} | `{g['model']}` | {', '.join(g['backends'])} | {g['generated_tokens']} | "

@@ -23,7 +23,7 @@ from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.evaluate.gold import GoldConfig, build_gold_reward
 from cwpo_ray.evaluate.metrics import gra
 from cwpo_ray.evaluate.report import write_report
-from cwpo_ray.generate.core import prompt_id
+from cwpo_ray.generate.core import model_seed, prompt_id
 from cwpo_ray.generate.stage import collect, generate_table, generation_stats, read_prompts
 from cwpo_ray.runtime import init_ray
 
@@ -88,25 +88,34 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     if not prompts:
         raise ConfigError(f"config error: prompts_path: no usable prompts in {cfg.prompts_path!r}")
     pids = [prompt_id(p) for p in prompts]
+    k = cfg.num_samples
     models = {"sft": cfg.sft_model, **cfg.models}
     tables, generation = [], {}
     for name, path in models.items():
         # One Ray Data pipeline per model: its engine actors exit when it finishes, before the next starts.
         t0 = time.time()
-        cands, info = generate_table(prompts, path, 1, cfg.sampling, cfg.engine)
+        sampling = cfg.sampling
+        if cfg.seeding == "independent":
+            sampling = sampling.model_copy(update={"seed": model_seed(cfg.sampling.seed, name)})
+        cands, info = generate_table(prompts, path, k, sampling, cfg.engine)
         tbl = collect(cands)
         del cands
         g = generation_stats(tbl, info["seconds"])
-        generation[name] = {**g, "model": path, "device": info["device"], "executor": info["executor"]}
+        g["length_limit_share"] = round(g["finish_reasons"].get("length", 0) / max(tbl.num_rows, 1), 4)
+        generation[name] = {**g, "model": path, "device": info["device"], "executor": info["executor"],
+                            "base_seed": sampling.seed}
         if info.get("fallback_reason"):
             generation[name]["fallback_reasons"] = sorted(set(g["fallback_reasons"]) | {info["fallback_reason"]})
-        by_pid = {r["prompt_id"]: r for r in tbl.select(["prompt_id", "response", "seed", "num_tokens", "finish_reason"]).to_pylist()}
-        missing = [p for p in pids if p not in by_pid]
+        cols = ["prompt_id", "candidate_idx", "response", "seed", "num_tokens", "finish_reason"]
+        by_key = {(r["prompt_id"], r["candidate_idx"]): r for r in tbl.select(cols).to_pylist()}
+        missing = [(p, j) for p in pids for j in range(k) if (p, j) not in by_key]
         if missing:
-            raise RuntimeError(f"evaluate: {name} returned no response for {len(missing)} prompts")
-        rows = [by_pid[p] for p in pids]
+            raise RuntimeError(f"evaluate: {name} returned no response for {len(missing)} (prompt, sample) requests")
+        rows = [by_key[(p, j)] for p in pids for j in range(k)]  # prompt-major: row i*k + j
         tables.append(pa.table({
-            "method": [name] * len(pids), "model": [path] * len(pids), "prompt_id": pids, "prompt": prompts,
+            "method": [name] * len(rows), "model": [path] * len(rows),
+            "prompt_id": [p for p in pids for _ in range(k)], "prompt": [p for p in prompts for _ in range(k)],
+            "sample": pa.array([j for _ in pids for j in range(k)], pa.int32()),
             "response": [r["response"] for r in rows], "seed": pa.array([r["seed"] for r in rows], pa.int64()),
             "num_tokens": pa.array([r["num_tokens"] for r in rows], pa.int32()),
             "finish_reason": [r["finish_reason"] for r in rows],
@@ -119,11 +128,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     gold = score_gold(responses, cfg.gold)
     responses = responses.append_column("gold", pa.array(gold, pa.float64()))
     n = len(pids)
-    scores = {name: gold[i * n:(i + 1) * n] for i, name in enumerate(models)}
+    scores = {name: gold[i * n * k:(i + 1) * n * k].reshape(n, k) for i, name in enumerate(models)}
     methods = {name: gra(scores[name], scores["sft"], cfg.num_bootstrap, cfg.ci, cfg.sampling.seed, cfg.tie_tolerance)
                for name in cfg.models}
     metrics = {
         "num_prompts": n,
+        "samples_per_prompt": k,
+        "seeding": cfg.seeding,
         "prompts": prompt_counts,
         "prompts_path": cfg.prompts_path,
         "sft_model": cfg.sft_model,
@@ -132,6 +143,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         "gold_seconds": round(time.time() - t0, 2),
         "methods": methods,
         "mean_gold": {name: float(v.mean()) for name, v in scores.items()},
+        "length_limit_share": {name: generation[name]["length_limit_share"] for name in models},
         "generation": generation,
         "sampling": cfg.sampling.model_dump(mode="json"),
         "ci": cfg.ci,
@@ -140,16 +152,18 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         "output_dir": cfg.output_dir,
     }
     metrics["seconds_total"] = round(time.time() - t_start, 2)
-    metrics["files"] = _write_outputs(cfg.output_dir, responses, metrics, scores)
+    metrics["files"] = _write_outputs(cfg.output_dir, responses, metrics, {k_: v.ravel() for k_, v in scores.items()})
     return metrics
 
 
 def format_evaluate(m: dict) -> str:
     ci = int(m["ci"] * 100)
-    lines = [f"evaluate: {m['num_prompts']} prompts, gold {m['gold']}; SFT mean gold {m['mean_gold']['sft']:.3f}"]
+    lim = m["length_limit_share"]
+    lines = [f"evaluate: {m['num_prompts']} prompts x {m['samples_per_prompt']} samples, gold {m['gold']}; "
+             f"SFT mean gold {m['mean_gold']['sft']:.3f}, at the length limit {lim['sft']:.1%}"]
     for name, r in m["methods"].items():
         lines.append(f"  {name}: GRA {r['gra']:.3f} [{r['gra_ci'][0]:.3f}, {r['gra_ci'][1]:.3f}] ({ci}% CI), "
-                     f"ties {r['tie_rate']:.3f}, mean gain {r['mean_gain']:+.3f}")
+                     f"ties {r['tie_rate']:.3f}, mean gain {r['mean_gain']:+.3f}, at the length limit {lim[name]:.1%}")
     for name, g in m["generation"].items():
         if g.get("fallback_reasons"):
             lines.append(f"  WARNING: {name} generated with the HF fallback: {'; '.join(g['fallback_reasons'])}")

@@ -36,12 +36,18 @@ def prompt_id(prompt: str) -> str:
 def request_seed(base_seed: int, prompt: str, candidate_idx: int) -> int:
     """Seed of one request: a function of (base seed, prompt, candidate index) only.
 
-    So two models asked for candidate j of the same prompt sample with the same seed (paired
-    comparison), and results do not depend on batching or on the number of engines.
+    So results do not depend on batching or on the number of engines, and two models given the same
+    base seed sample candidate j of a prompt with the same seed (evaluate's ``seeding: paired``).
     """
     h = hashlib.blake2b(f"{base_seed}\x1f{candidate_idx}\x1f".encode() + prompt.encode("utf-8", "surrogatepass"),
                         digest_size=8)
     return int.from_bytes(h.digest(), "little") & 0x7FFFFFFF
+
+
+def model_seed(base_seed: int, model_name: str) -> int:
+    """A base seed of its own for each evaluated model: independent samples from different models."""
+    h = hashlib.blake2b(f"{base_seed}\x1fmodel\x1f{model_name}".encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little") & 0x7FFFFFFF
 
 
 def expand_requests(prompts: pa.Table, k: int, base_seed: int) -> pa.Table:

@@ -39,6 +39,8 @@ class PrepareConfig(StrictModel):
     sources: list[SourceConfig] = Field(default_factory=list)  # filled by the pipeline when empty
     output_dir: str | None = None  # local path or URI; the pipeline sets {run_dir}/data
     test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Share of all prompts held out for hyperparameter selection (`cwpo sweep` scores trials here, never on test).
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     labeled_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
     split_seed: int = 0
     # Token-length filter (paper: 512; 1024 for TL;DR). Needs a tokenizer (hub id or local folder).
@@ -46,3 +48,9 @@ class PrepareConfig(StrictModel):
     max_tokens: int | None = Field(default=512, gt=0)
     batch_size: int = Field(default=4096, gt=0)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.test_fraction + self.validation_fraction >= 1.0:
+            raise ValueError("test_fraction + validation_fraction must be < 1 (nothing would be left to train on)")
+        return self

@@ -1,7 +1,7 @@
 """Pure core of `prepare`: raw rows -> canonical pairs with a split, or quarantine with a reason.
 
 Works on plain Python rows and returns one Arrow table per batch whose ``split`` column is one of
-labeled / unlabeled / test / quarantine; the Ray stage only reads, maps this, and writes.
+labeled / unlabeled / validation / test / quarantine; the Ray stage only reads, maps this, and writes.
 """
 from __future__ import annotations
 
@@ -58,10 +58,12 @@ class Normalizer:
     """rows -> one BATCH_SCHEMA table. Holds the adapter, split and length-filter settings."""
 
     def __init__(self, fmt: str, source: str, columns: dict[str, str], test_fraction: float,
-                 labeled_fraction: float, split_seed: int, tokenizer: str | None, max_tokens: int | None):
+                 labeled_fraction: float, split_seed: int, tokenizer: str | None, max_tokens: int | None,
+                 validation_fraction: float = 0.0):
         self.adapt: Callable = get_adapter(fmt, columns)
         self.source = source
         self.test_fraction, self.labeled_fraction, self.split_seed = test_fraction, labeled_fraction, split_seed
+        self.validation_fraction = validation_fraction
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
 
     def __call__(self, items: Iterable[tuple[dict | None, str | None, str, str]]) -> pa.Table:
@@ -98,7 +100,8 @@ class Normalizer:
             kept.append(len(cols["split"]))
             for k, v in (("pair_id", pid), ("prompt", prompt), ("response_a", a), ("response_b", b),
                          ("human_label", label), ("source", self.source),
-                         ("split", assign_split(prompt, self.test_fraction, self.labeled_fraction, self.split_seed)),
+                         ("split", assign_split(prompt, self.test_fraction, self.labeled_fraction, self.split_seed,
+                                                       self.validation_fraction)),
                          ("reason", None), ("detail", None), ("raw", None)):
                 cols[k].append(v)
 

@@ -2,7 +2,7 @@
 
 Everything streams: a line-oriented jsonl datasource (so a bad line is a quarantined row, not a
 failed read), ``map_batches`` with the pure :class:`~cwpo_ray.prepare.core.Normalizer`, and one
-datasink that routes rows to ``{output_dir}/{labeled,unlabeled,test,quarantine}/part-*.parquet``.
+datasink that routes rows to ``{output_dir}/{labeled,unlabeled,validation,test,quarantine}/part-*.parquet``.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def read_source(src: SourceConfig, cfg: PrepareConfig):
     import ray
 
     norm = Normalizer(src.format, src.label, src.columns, cfg.test_fraction, cfg.labeled_fraction,
-                      cfg.split_seed, cfg.tokenizer, cfg.max_tokens)
+                      cfg.split_seed, cfg.tokenizer, cfg.max_tokens, cfg.validation_fraction)
     if src.hf_dataset:
         import datasets
 
@@ -162,12 +162,12 @@ def format_summary(s: dict) -> str:
     sp = s["splits"]
     lines = [
         f"prepare: {s['rows_in']} rows in = {s['kept']} kept + {s['quarantined']} quarantined",
-        f"  splits: labeled {sp['labeled']}, unlabeled {sp['unlabeled']}, test {sp['test']}",
+        f"  splits: labeled {sp['labeled']}, unlabeled {sp['unlabeled']}, validation {sp['validation']}, test {sp['test']}",
     ]
     if s["quarantine_reasons"]:
         lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
                      + f"  (see {s['output_dir']}/quarantine/)")
-    lines.append(f"  output: {s['output_dir']}/{{labeled,unlabeled,test}}/*.parquet")
+    lines.append(f"  output: {s['output_dir']}/{{labeled,unlabeled,validation,test}}/*.parquet")
     return "\n".join(lines)
 
 

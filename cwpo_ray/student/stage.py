@@ -57,6 +57,9 @@ def load_pairs(cfg, needs_scores: bool) -> tuple:
     """Read ``cfg.data_dir`` with Ray Data, quarantine bad rows, return (materialized good ds, counts)."""
     import ray
 
+    # Deterministic row order (same config and seed -> same batches -> same numbers), at a small cost in
+    # streaming overlap that these small reads do not feel.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     raw = ray.data.read_parquet(cfg.data_dir).materialize()
     if cfg.data_format == "pairs":
         def good_fn(t: pa.Table) -> pa.Table:
@@ -102,7 +105,8 @@ def fit(mode: str, cfg, ds, rows: int, has_ref_columns: bool = False, callbacks:
     """Run the shared worker loop on a ``TorchTrainer``; copy the final model to ``{output_dir}/model``.
     ``callbacks`` are extra Ray Train callbacks (e.g. Tune's ``TuneReportCallback`` in a sweep trial)."""
     import pyarrow.fs as pafs
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from cwpo_ray.student.train_loop import train_loop_per_worker
@@ -122,6 +126,9 @@ def fit(mode: str, cfg, ds, rows: int, has_ref_columns: bool = False, callbacks:
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              callbacks=[logger, *(callbacks or [])]),
         datasets={"train": ds},
+        # Same rows to the same worker in the same order on every run (same config and seed -> same numbers);
+        # locality-based block assignment would depend on where blocks happen to live.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False),
     )
     t0 = time.time()
     result = trainer.fit()

@@ -8,11 +8,12 @@ from pydantic import Field
 
 from cwpo_ray.config import StrictModel, require
 from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm, train_tokenizer
-from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
+from cwpo_ray.synthetic.pretrain import PretrainConfig
+from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig, label_statistics
 
 
 def _weak_default() -> TinyModelConfig:
-    return TinyModelConfig(arch="qwen2", hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
+    return TinyModelConfig(arch="qwen2", hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
 
 
 def _student_default() -> TinyModelConfig:
@@ -25,10 +26,14 @@ class SyntheticConfig(StrictModel):
     weak: TinyModelConfig = Field(default_factory=_weak_default)  # weak annotator backbone
     student: TinyModelConfig = Field(default_factory=_student_default)  # student (larger than weak)
     vocab_size: int = Field(default=512, ge=300)
+    # Causal-LM pretraining of both base models on the task's text (prompts + sampled responses; no
+    # rewards, no labels); null leaves them randomly initialised.
+    pretrain: PretrainConfig | None = Field(default_factory=PretrainConfig)
 
 
-def build_synthetic(cfg: SyntheticConfig) -> dict[str, str]:
-    """Returns paths: data (canonical jsonl), tokenizer, weak_base, student_base, gold (jsonl)."""
+def build_synthetic(cfg: SyntheticConfig) -> dict:
+    """Writes the task and returns its summary: ``paths`` (data (canonical jsonl), tokenizer, weak_base,
+    student_base, gold (jsonl)), measured ``labels`` statistics and ``pretrain`` stats per base model."""
     require(cfg, "output_dir")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,9 +46,27 @@ def build_synthetic(cfg: SyntheticConfig) -> dict[str, str]:
         for r in rows:
             f.write(json.dumps({"prompt": r["prompt"], "gold_a": r["gold_a"], "gold_b": r["gold_b"]}) + "\n")
     tok = train_tokenizer(task.corpus(), out / "tokenizer", cfg.vocab_size)
-    weak = build_tiny_causal_lm(cfg.weak, tok, out / "weak_base")
-    student = build_tiny_causal_lm(cfg.student, tok, out / "student_base")
+    pretrain: dict = {}
+    bases = {}
+    for i, (name, mcfg) in enumerate((("weak_base", cfg.weak), ("student_base", cfg.student))):
+        texts = task.pretraining_texts(cfg.pretrain.num_texts, seed=cfg.task.seed * 1000 + 7 + i) if cfg.pretrain else None
+        bases[name], pretrain[name] = build_tiny_causal_lm(mcfg, tok, out / name, texts, cfg.pretrain)
     paths = {"data": str(out / "pairs.jsonl"), "gold": str(out / "gold.jsonl"), "tokenizer": str(out / "tokenizer"),
-             "weak_base": str(weak), "student_base": str(student)}
-    (out / "manifest.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "paths": paths}, indent=2))
-    return paths
+             "weak_base": str(bases["weak_base"]), "student_base": str(bases["student_base"])}
+    labels = {**label_statistics(rows), "label_temperature": task.temperature,
+              "target_agreement": cfg.task.human_agreement}
+    summary = {"config": cfg.model_dump(mode="json"), "paths": paths, "labels": labels, "pretrain": pretrain}
+    (out / "manifest.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_synthesize(s: dict) -> str:
+    lab = s["labels"]
+    target = f" (target {lab['target_agreement']:.2f})" if lab.get("target_agreement") else ""
+    lines = [f"synthesize: {lab['pairs']} pairs; human labels agree with the gold ordering on "
+             f"{lab['human_gold_agreement']:.3f}{target}, BT temperature {lab['label_temperature']:.3g}"]
+    for name, st in s["pretrain"].items():
+        if st:
+            lines.append(f"  {name}: {st['parameters'] / 1e6:.2f}M params pretrained on {st['texts']} texts, "
+                         f"{st['steps']} steps, LM loss {st['first_loss']:.2f} -> {st['final_loss']:.2f}")
+    return "\n".join(lines)

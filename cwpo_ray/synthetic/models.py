@@ -1,5 +1,8 @@
 """Tiny real HF models and a locally trained tokenizer for the synthetic task (nothing downloaded).
 
+Shapes keep head_dim >= 32 so vLLM's CPU backend can serve and score them; the models are
+pretrained on the task's text (:mod:`cwpo_ray.synthetic.pretrain`) before anything else sees them.
+
 The weak annotator and the student are real HF architectures built from a config and saved with
 ``save_pretrained``, so every downstream code path (Ray Train, Ray Data actors, vLLM) loads them
 exactly as it would load ``facebook/opt-125m`` or ``Qwen/Qwen2.5-0.5B`` from the hub.
@@ -8,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+
+from pydantic import model_validator
 
 from cwpo_ray.config import StrictModel
 
@@ -19,10 +24,19 @@ class TinyModelConfig(StrictModel):
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = 2
+    num_kv_heads: int = 1
     max_positions: int = 256
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
+        if self.hidden_size // self.num_heads < 32:  # vLLM's CPU attention kernels need head_dim >= 32
+            raise ValueError(f"head_dim = hidden_size / num_heads = {self.hidden_size // self.num_heads} < 32 "
+                             "(vLLM's CPU attention needs head_dim >= 32)")
+        return self
 
 
 def train_tokenizer(corpus: list[str], out_dir: str | Path, vocab_size: int = 512):
@@ -46,8 +60,11 @@ def train_tokenizer(corpus: list[str], out_dir: str | Path, vocab_size: int = 51
     return fast
 
 
-def build_tiny_causal_lm(cfg: TinyModelConfig, tokenizer, out_dir: str | Path) -> Path:
-    """A randomly initialised tiny causal LM (+ its tokenizer) saved with ``save_pretrained``."""
+def build_tiny_causal_lm(cfg: TinyModelConfig, tokenizer, out_dir: str | Path, pretrain_texts: list[str] | None = None,
+                         pretrain=None) -> tuple[Path, dict | None]:
+    """A tiny causal LM (+ its tokenizer) saved with ``save_pretrained``: randomly initialised, then
+    pretrained on ``pretrain_texts`` with ``pretrain`` (a :class:`PretrainConfig`) when given.
+    Returns (folder, pretraining stats or None)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, Qwen2Config
 
@@ -65,7 +82,14 @@ def build_tiny_causal_lm(cfg: TinyModelConfig, tokenizer, out_dir: str | Path) -
                      tie_word_embeddings=True, **ids)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(hf_cfg)
+    stats = None
+    if pretrain_texts:
+        from cwpo_ray.synthetic.pretrain import PretrainConfig, pretrain_causal_lm
+
+        stats = pretrain_causal_lm(model, tokenizer, pretrain_texts, pretrain or PretrainConfig(),
+                                   desc=f"pretrain {Path(out_dir).name}")
+        stats["parameters"] = model.num_parameters()
     out = Path(out_dir)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    return out
+    return out, stats

@@ -1,0 +1,105 @@
+"""Cross-check the sandbox with TRL: does the sandbox, not our trainer, decide the outcome?
+
+Takes a finished pipeline run (e.g. ``runs/demo`` after ``cwpo demo``), trains TRL's ``DPOTrainer``
+from the run's SFT model on the same human-labeled pairs the run's Human-DPO method used (the unlabeled
+pool's own human labels), with the run's align recipe (β, lr, epochs, pairs per optimizer step,
+warm-up, schedule, weight decay, max length), and evaluates it with the run's own `evaluate` settings
+(same test prompts, samples per prompt, sampling, gold reward). Prints TRL's GRA beside the run's
+Human-DPO GRA and their difference.
+
+    pip install -e '.[bench]'        # TRL
+    python benchmarks/trl_crosscheck.py --run runs/demo [--method human-dpo]
+
+Differences that remain by design: TRL trains in one process (our align runs 2 Ray Train workers with
+DeepSpeed; the global batch is the same), and TRL's data order and dropout RNG are its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default="runs/demo", help="a finished pipeline run folder")
+    ap.add_argument("--method", default="human-dpo", help="the run's method with labels=human_unlabeled, loss=dpo")
+    ap.add_argument("--out", default=None, help="default: {run}/trl_crosscheck")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import glob
+
+    import pyarrow.parquet as pq
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from cwpo_ray.config import load_config
+    from cwpo_ray.evaluate.stage import run_evaluate
+    from cwpo_ray.pipeline import PipelineConfig
+
+    run = Path(args.run)
+    cfg = load_config(PipelineConfig, run / "config.yaml")
+    ms = cfg.methods[args.method]
+    if ms.labels != "human_unlabeled" or ms.loss != "dpo" or ms.weighting not in ("none", "confidence"):
+        raise SystemExit(f"{args.method}: expected a Human-DPO method (labels human_unlabeled, loss dpo, weight 1)")
+    al = cfg.align
+    out = Path(args.out or run / "trl_crosscheck")
+    sft_model = run / "sft" / "model"
+    rows = []
+    for f in sorted(glob.glob(str(run / "data" / "unlabeled" / "*.parquet"))):
+        for r in pq.read_table(f).to_pylist():
+            if r["human_label"] in ("a", "b"):
+                a_wins = r["human_label"] == "a"
+                rows.append({"prompt": r["prompt"], "chosen": r["response_a"] if a_wins else r["response_b"],
+                             "rejected": r["response_b"] if a_wins else r["response_a"]})
+    per_step = al.batch_size * al.num_workers * al.grad_accum  # our global batch: pairs per optimizer step
+    beta = ms.beta or al.beta
+    print(f"TRL DPOTrainer: {len(rows)} human-labeled pairs from {sft_model}; beta {beta}, lr {al.lr}, "
+          f"{al.epochs} epochs, {per_step} pairs/step, warm-up {al.warmup_steps}, {al.lr_scheduler}", flush=True)
+    torch.manual_seed(al.seed)
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    lm = AutoModelForCausalLM.from_pretrained(sft_model, dtype=torch.float32)
+    trl_cfg = DPOConfig(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=per_step, gradient_accumulation_steps=1,
+        learning_rate=al.lr, weight_decay=al.weight_decay, beta=beta, loss_type=["sigmoid"],
+        max_length=al.max_length, num_train_epochs=al.epochs, lr_scheduler_type=al.lr_scheduler,
+        warmup_steps=al.warmup_steps or 0, max_grad_norm=al.max_grad_norm, adam_beta1=al.adam_betas[0],
+        adam_beta2=al.adam_betas[1], logging_steps=20, save_strategy="no", report_to="none", use_cpu=True,
+        seed=al.seed, dataloader_num_workers=0, disable_tqdm=True)
+    t0 = time.time()
+    trainer = DPOTrainer(model=lm, args=trl_cfg, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer.train()
+    model_dir = out / "model"
+    trainer.model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    print(f"TRL trained in {time.time() - t0:.0f}s -> {model_dir}", flush=True)
+
+    ours = json.loads((run / "eval" / "metrics.json").read_text())
+    ev = cfg.evaluate.model_copy(update={
+        "ray": cfg.ray, "prompts_path": ours["prompts_path"], "sft_model": str(sft_model),
+        "models": {"trl-dpo": str(model_dir)}, "output_dir": str(out / "eval")})
+    m = run_evaluate(ev)
+    t, o = m["methods"]["trl-dpo"], ours["methods"][args.method]
+    result = {"trl_gra": t["gra"], "trl_gra_ci": t["gra_ci"], "ours_gra": o["gra"], "ours_gra_ci": o["gra_ci"],
+              "difference": t["gra"] - o["gra"], "trl_length_limit_share": m["length_limit_share"]["trl-dpo"],
+              "ours_length_limit_share": ours["length_limit_share"][args.method], "prompts": m["num_prompts"],
+              "samples_per_prompt": m["samples_per_prompt"], "pairs": len(rows)}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(f"\nsame SFT model, same pairs, same recipe, same {m['num_prompts']} prompts x {m['samples_per_prompt']} samples:")
+    print(f"  TRL DPOTrainer  GRA {t['gra']:.3f} [{t['gra_ci'][0]:.3f}, {t['gra_ci'][1]:.3f}]  "
+          f"at length limit {result['trl_length_limit_share']:.1%}")
+    print(f"  cwpo {args.method:<10} GRA {o['gra']:.3f} [{o['gra_ci'][0]:.3f}, {o['gra_ci'][1]:.3f}]  "
+          f"at length limit {result['ours_length_limit_share']:.1%}")
+    print(f"  difference (TRL - ours): {result['difference']:+.3f}")
+
+
+if __name__ == "__main__":
+    main()
