@@ -60,6 +60,11 @@ def main():
                      "seconds": round(time.time() - t0, 1), "gate": res.get("gate")})
         print(f"[select] {' '.join(sets)}: validation GRA {r['gra']:.3f} [{r['gra_ci'][0]:.3f}, {r['gra_ci'][1]:.3f}] "
               f"gain {r['mean_gain']:+.2f} at length limit {rows[-1]['length_limit']:.1%}", flush=True)
+        write_table(rows, axes, run, args, out)  # after every point: a selection cut short keeps what it measured
+    print(write_table(rows, axes, run, args, out))
+
+
+def write_table(rows: list[dict], axes: list, run: Path, args, out: Path) -> str:
     best = max(rows, key=lambda x: x["gra"])
     lines = [f"# Demo recipe selection on validation prompts ({args.method} vs SFT)", "",
              f"- run: `{run}`; overrides: `{' '.join(args.overrides) or '-'}`",
@@ -73,7 +78,7 @@ def main():
     lines += ["", f"selected (highest validation GRA): `{' '.join(f'{k}={v}' for k, v in best['point'].items())}`", ""]
     (out / "selection.md").write_text("\n".join(lines))
     (out / "selection.json").write_text(json.dumps({"rows": rows, "selected": best["point"]}, indent=2))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

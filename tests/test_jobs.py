@@ -210,7 +210,8 @@ def test_submit_synthesize_and_prepare_job(ray_head, tmp_path):
     runtime_env["working_dir"] = str(REPO)
     runtime_env.setdefault("env_vars", {}).update(HF_HUB_OFFLINE="1", RAY_DATA_DISABLE_PROGRESS_BARS="1")
     py = sys.executable
-    entrypoint = (f"{py} jobs/synthesize.py output_dir={syn_dir} task.num_pairs=300 && "
+    entrypoint = (f"{py} jobs/synthesize.py output_dir={syn_dir} task.num_pairs=300 "
+                  f"pretrain.num_texts=256 pretrain.epochs=1 && "
                   f"{py} jobs/prepare.py --config {cfg}")
 
     client = JobSubmissionClient(ray_head)

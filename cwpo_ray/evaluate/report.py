@@ -64,7 +64,6 @@ def markdown(metrics: dict) -> str:
         f"- GRA = share of prompts where the method's response has a higher gold reward than the SFT "
         f"response (ties, |Δ| ≤ {metrics['tie_tolerance']}, are not wins); {ci}% percentile bootstrap CIs "
         f"over prompts ({metrics['num_bootstrap']} resamples).",
-        "",
         f"- {metrics['samples_per_prompt']} responses per prompt and model ({metrics['seeding']} seeds); each "
         f"prompt's GRA is the share of its {metrics['samples_per_prompt']} comparisons (sample j vs sample j) won.",
         f"- at the length limit ({metrics['sampling']['max_new_tokens']} new tokens): SFT "

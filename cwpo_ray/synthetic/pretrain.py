@@ -67,7 +67,7 @@ def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, 
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")

@@ -1,0 +1,107 @@
+"""Does preference optimization work in the sandbox? The default demo, over several seeds, on TEST prompts.
+
+For each seed, runs ``cwpo demo`` with every seed field set to it (task, pretraining texts, annotator,
+SFT, align, sampling) and nothing else changed, then writes ``docs/results/sandbox_gate.md`` (+ .json):
+per seed the label-regime statistics, every method's GRA with its CI, gain and length-limit share, and
+the gate computed from them:
+
+- Human-DPO GRA >= 0.65 with the 95% CI's lower bound > 0.55 against its SFT model;
+- no method's length-limit share more than 15 points above the SFT model's.
+
+    python jobs/sandbox_gate.py [--seeds 0 1 2] [--run-dir runs/gate] [--out docs/results]
+
+Resumable: a seed whose run finished is skipped by the pipeline's manifest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+MIN_GRA, MIN_LO, MAX_LIMIT_RISE = 0.65, 0.55, 0.15
+
+
+def seed_overrides(seed: int, run_dir: Path) -> list[str]:
+    return [f"run_dir={run_dir / f'seed{seed}'}", f"synthetic.task.seed={seed}", f"annotator.seed={seed}",
+            f"sft.seed={seed}", f"align.seed={seed}", f"evaluate.sampling.seed={seed}"]
+
+
+def check(metrics: dict, gate_method: str) -> dict:
+    g = metrics["methods"][gate_method]
+    lim = metrics["length_limit_share"]
+    worst = max(lim[m] - lim["sft"] for m in metrics["methods"])
+    return {"gra_ok": g["gra"] >= MIN_GRA, "lo_ok": g["gra_ci"][0] > MIN_LO, "length_ok": worst <= MAX_LIMIT_RISE,
+            "worst_length_rise": worst}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--run-dir", default="runs/gate")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--gate-method", default="human-dpo")
+    args = ap.parse_args()
+
+    from cwpo_ray.config import load_config
+    from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig, run_pipeline
+
+    run_dir = Path(args.run_dir).resolve()
+    per_seed = {}
+    for seed in args.seeds:
+        t0 = time.time()
+        cfg = load_config(PipelineConfig, DEMO_CONFIG, seed_overrides(seed, run_dir))
+        res = run_pipeline(cfg)
+        m = json.loads((run_dir / f"seed{seed}" / "eval" / "metrics.json").read_text())
+        per_seed[seed] = {"metrics": m, "labels": res.get("labels", {}), "seconds": round(time.time() - t0, 1),
+                          "check": check(m, args.gate_method)}
+        print(f"[gate] seed {seed}: {args.gate_method} GRA {m['methods'][args.gate_method]['gra']:.3f} "
+              f"{m['methods'][args.gate_method]['gra_ci']} {per_seed[seed]['check']}", flush=True)
+
+    methods = list(next(iter(per_seed.values()))["metrics"]["methods"])
+    lines = ["# The sandbox gate: does preference optimization work here?", "",
+             "Regenerate: `python jobs/sandbox_gate.py --seeds " + " ".join(map(str, args.seeds)) + "`. "
+             "Default demo config (`cwpo_ray/configs/demo.yaml`), every seed field set to the seed; GRA on the "
+             "test split's prompts against each run's SFT model.", "",
+             f"Gate: {args.gate_method} GRA >= {MIN_GRA} with the 95% CI's lower bound > {MIN_LO}, and no method's "
+             f"share of answers at the length limit more than {int(MAX_LIMIT_RISE * 100)} points above SFT's.", ""]
+    hdr = "| seed | prompts x samples | " + " | ".join(f"{m} GRA [95% CI]" for m in methods) + " | gate |"
+    lines += [hdr, "|" + "---|" * (len(methods) + 3)]
+    for seed, r in per_seed.items():
+        m, c = r["metrics"], r["check"]
+        cells = [f"{m['methods'][n]['gra']:.3f} [{m['methods'][n]['gra_ci'][0]:.3f}, {m['methods'][n]['gra_ci'][1]:.3f}]"
+                 for n in methods]
+        verdict = "pass" if all((c["gra_ok"], c["lo_ok"], c["length_ok"])) else \
+            "FAIL (" + ", ".join(k for k in ("gra_ok", "lo_ok", "length_ok") if not c[k]) + ")"
+        lines.append(f"| {seed} | {m['num_prompts']} x {m['samples_per_prompt']} | " + " | ".join(cells) + f" | {verdict} |")
+    lines += ["", "Share of answers at the length limit and mean gold gain over SFT:", "",
+              "| seed | SFT | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for seed, r in per_seed.items():
+        m = r["metrics"]
+        lim = m["length_limit_share"]
+        lines.append(f"| {seed} | {lim['sft']:.1%} | " + " | ".join(
+            f"{lim[n]:.1%} (gain {m['methods'][n]['mean_gain']:+.2f})" for n in methods) + " |")
+    lines += ["", "Label regime (measured against the gold reward; not tuned to any GRA):", "",
+              "| seed | human vs gold | weak vs held-out human | weak vs gold | weak top-30% vs gold | run time |",
+              "|---|---|---|---|---|---|"]
+    for seed, r in per_seed.items():
+        lab = r["labels"]
+        if lab:
+            lines.append(f"| {seed} | {lab['human_gold_agreement']:.3f} | {lab['weak_human_agreement']:.3f} | "
+                         f"{lab['weak_gold_agreement']:.3f} | {lab['weak_gold_agreement_top']['top30']:.3f} | {r['seconds']:.0f}s |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sandbox_gate.md").write_text("\n".join(lines) + "\n")
+    (out / "sandbox_gate.json").write_text(json.dumps(
+        {str(s): {"check": r["check"], "labels": r["labels"], "methods": r["metrics"]["methods"],
+                  "length_limit_share": r["metrics"]["length_limit_share"], "num_prompts": r["metrics"]["num_prompts"]}
+         for s, r in per_seed.items()}, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
