@@ -13,4 +13,4 @@ demo: install
 	$(VENV)/bin/cwpo demo
 
 test: install
-	HF_HUB_OFFLINE=1 timeout 1800 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 timeout 2700 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests

@@ -146,7 +146,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     data = Path(prep.output_dir)
     if "prepare" in cfg.stages:
         stage("prepare", prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep), format_summary,
-              [data / s for s in ("labeled", "unlabeled", "test")])
+              [data / s for s in ("labeled", "unlabeled", "test")])  # validation follows the same config
 
     # 3. train-annotator ---------------------------------------------------------------------------
     from cwpo_ray.annotator.train import format_train_annotator, run_train_annotator

@@ -238,6 +238,6 @@ def test_submit_synthesize_and_prepare_job(ray_head, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows_in"] == 300 and summary["kept"] + summary["quarantined"] == 300
     assert summary["output_dir"] == out_uri
-    counts = {s: sum(pq.read_metadata(f).num_rows for f in (out / s).glob("*.parquet")) for s in ("labeled", "unlabeled", "test")}
+    counts = {s: sum(pq.read_metadata(f).num_rows for f in (out / s).glob("*.parquet")) for s in ("labeled", "unlabeled", "validation", "test")}
     assert counts == summary["splits"] and sum(counts.values()) == summary["kept"] > 0
     assert (syn_dir / "tokenizer").is_dir() and (syn_dir / "weak_base" / "config.json").exists()

@@ -105,7 +105,8 @@ class PairEncoder:
         return out
 
 
-def _pad(seqs: list[tuple[list[int], int]], pad_id: int, multiple: int) -> dict[str, torch.Tensor]:
+def pad_sequences(seqs: list[tuple[list[int], int]], pad_id: int, multiple: int) -> dict[str, torch.Tensor]:
+    """[(ids, prompt_len)] -> right-padded input_ids, attention_mask and response_mask (1 after the prompt)."""
     T = max(len(s) for s, _ in seqs)
     T = int(math.ceil(T / multiple) * multiple)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
@@ -124,7 +125,7 @@ def collate_pairs(rows: list[dict], pad_id: int, multiple: int = 8) -> dict[str,
     input_ids is [2B, T]: the B chosen sequences then the B rejected ones (one forward, like TRL's
     concatenated forward).
     """
-    batch = _pad([r["chosen_enc"] for r in rows] + [r["rejected_enc"] for r in rows], pad_id, multiple)
+    batch = pad_sequences([r["chosen_enc"] for r in rows] + [r["rejected_enc"] for r in rows], pad_id, multiple)
     batch["weight"] = torch.tensor([float(r.get("weight", 1.0)) for r in rows], dtype=torch.float32)
     if all(c in rows[0] for c in REF_COLUMNS):
         for c in REF_COLUMNS:
@@ -133,7 +134,7 @@ def collate_pairs(rows: list[dict], pad_id: int, multiple: int = 8) -> dict[str,
 
 
 def collate_sft(rows: list[dict], pad_id: int, multiple: int = 8) -> dict[str, torch.Tensor]:
-    return _pad([r["chosen_enc"] for r in rows], pad_id, multiple)
+    return pad_sequences([r["chosen_enc"] for r in rows], pad_id, multiple)
 
 
 def length_buckets(rows: Iterable[dict], batch_size: int, window: int, seed: int = 0,

@@ -33,6 +33,8 @@ def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, 
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from cwpo_ray.student.data import pad_sequences
+
     torch.manual_seed(cfg.seed)
     ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
     ids = [list(x) + [tokenizer.eos_token_id] for x in ids]
@@ -53,13 +55,8 @@ def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, 
     while step < total:
         rng.shuffle(order)
         for s in range(0, len(order), cfg.batch_size):
-            batch = [ids[i] for i in order[s:s + cfg.batch_size]]
-            T = max(len(x) for x in batch)
-            inp = torch.full((len(batch), T), pad, dtype=torch.long)
-            att = torch.zeros((len(batch), T), dtype=torch.long)
-            for j, x in enumerate(batch):
-                inp[j, :len(x)] = torch.tensor(x)
-                att[j, :len(x)] = 1
+            padded = pad_sequences([(ids[i], 0) for i in order[s:s + cfg.batch_size]], pad, 1)
+            inp, att = padded["input_ids"], padded["attention_mask"]
             labels = inp.masked_fill(att == 0, -100)
             loss = model(input_ids=inp, attention_mask=att, labels=labels).loss
             loss.backward()
