@@ -33,8 +33,6 @@ def main():
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import glob
-
     import pyarrow.parquet as pq
     import torch
     from datasets import Dataset
@@ -44,6 +42,7 @@ def main():
     from cwpo_ray.config import load_config
     from cwpo_ray.evaluate.stage import run_evaluate
     from cwpo_ray.pipeline import PipelineConfig
+    from cwpo_ray.student.data import human_pairs_to_labeled
 
     run = Path(args.run)
     cfg = load_config(PipelineConfig, run / "config.yaml")
@@ -53,13 +52,9 @@ def main():
     al = cfg.align
     out = Path(args.out or run / "trl_crosscheck")
     sft_model = run / "sft" / "model"
-    rows = []
-    for f in sorted(glob.glob(str(run / "data" / "unlabeled" / "*.parquet"))):
-        for r in pq.read_table(f).to_pylist():
-            if r["human_label"] in ("a", "b"):
-                a_wins = r["human_label"] == "a"
-                rows.append({"prompt": r["prompt"], "chosen": r["response_a"] if a_wins else r["response_b"],
-                             "rejected": r["response_b"] if a_wins else r["response_a"]})
+    # the same conversion (and quarantine rules) as our align's data_format=pairs
+    pairs, _ = human_pairs_to_labeled(pq.read_table(run / "data" / "unlabeled"))
+    rows = pairs.select(["prompt", "chosen", "rejected"]).to_pylist()
     per_step = al.batch_size * al.num_workers * al.grad_accum  # our global batch: pairs per optimizer step
     beta = ms.beta or al.beta
     print(f"TRL DPOTrainer: {len(rows)} human-labeled pairs from {sft_model}; beta {beta}, lr {al.lr}, "

@@ -10,6 +10,7 @@ synthetic task, tiny models, hyperparameters scaled for them.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -132,8 +133,6 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
 
         syn = _fill(cfg.synthetic, output_dir=str(run / "synthetic"))
         stage("synthesize", syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn), format_synthesize)
-        import json
-
         paths = json.loads((Path(syn.output_dir) / "manifest.json").read_text())["paths"]
 
     # 2. prepare ------------------------------------------------------------------------------------
@@ -167,8 +166,6 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
               Path(annot.output_dir), lambda: run_annotate(annot.model_copy(update={"overwrite": True})), format_annotate,
               [Path(annot.output_dir) / "labeled"])
     if cfg.synthetic is not None and (Path(annot.output_dir) / "labeled").exists():
-        import json
-
         from cwpo_ray.synthetic.diagnostics import format_label_report, label_report
 
         out["labels"] = label_report(str(data), str(Path(annot.output_dir) / "labeled"))  # gold is known here only
@@ -231,8 +228,6 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
         stage("evaluate", ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev), format_evaluate,
               [Path(ev.output_dir) / "metrics.json"])
         out["report"] = str(Path(ev.output_dir) / "report.md")
-        import json
-
         metrics = json.loads((Path(ev.output_dir) / "metrics.json").read_text())
         out["gate"] = sanity_gate(cfg.methods, metrics)
     out["seconds"] = round(time.time() - t_start, 1)
