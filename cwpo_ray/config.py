@@ -7,10 +7,21 @@ than 0 (got -1)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+# ---- one vocabulary: every config and core function uses these names ----------------------------------
+Loss = Literal["dpo", "ipo", "rdpo"]  # the per-pair preference loss ℓ (student/losses.py)
+# per-pair weight w of mean(w·ℓ) (student/losses.py): confidence = C1 = 2(σ(Δ)−½), none = 1 (WS-DPO),
+# top_fraction = 1 on the most confident share else 0, sigmoid_delta = C2, clip_delta = C3, scaled_clip_delta = C4
+Weighting = Literal["confidence", "none", "top_fraction", "sigmoid_delta", "clip_delta", "scaled_clip_delta"]
+TOP_FRACTION = 0.3  # default share kept by weighting=top_fraction (the paper's top-30%)
+# What a stage does with an input file it cannot read or whose schema lacks the needed columns:
+# quarantine it whole (path + reason in the quarantine and the summary counts) and go on, or stop at once.
+OnBadFile = Literal["quarantine", "fail"]
 
 
 class ConfigError(ValueError):

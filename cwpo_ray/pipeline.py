@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
-from cwpo_ray.config import RayConfig, StrictModel
+from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, Weighting
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.generate.config import GenerateConfig
 from cwpo_ray.manifest import Manifest
@@ -38,9 +38,9 @@ class MethodSpec(StrictModel):
     (the labeled fraction's human labels) or human_all (labeled + unlabeled pool: Human-DPO 100%)."""
 
     labels: Literal["weak", "human_unlabeled", "human_labeled", "human_all"] = "weak"
-    loss: Literal["dpo", "ipo", "rdpo"] = "dpo"
-    weighting: Literal["confidence", "none", "top_fraction", "sigmoid_delta", "clip_delta", "scaled_clip_delta"] = "confidence"
-    top_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    loss: Loss = "dpo"
+    weighting: Weighting = "confidence"
+    top_fraction: float = Field(default=TOP_FRACTION, gt=0.0, le=1.0)
     beta: float | None = Field(default=None, gt=0)  # default: align.beta
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import LoraSettings, RayConfig, StrictModel
+from cwpo_ray.config import LoraSettings, OnBadFile, RayConfig, StrictModel
 
 
 def local_abspath(value: str | None, must_exist: bool = False) -> str | None:
@@ -59,6 +59,7 @@ class AnnotateConfig(StrictModel):
     data_dir: str | None = None  # output of `prepare`: reads {data_dir}/unlabeled unless `input` is set
     input: str | None = None  # a parquet file or folder in PAIR_SCHEMA (overrides data_dir)
     output_dir: str | None = None  # {output_dir}/labeled/*.parquet (LABELED_SCHEMA), quarantine/, summary.json
+    on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema input file: quarantine it, or fail
     backend: Literal["hf", "vllm"] = "hf"
     max_tokens: int = Field(default=512, gt=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from cwpo_ray.config import RayConfig, StrictModel
+from cwpo_ray.config import OnBadFile, RayConfig, StrictModel
 from cwpo_ray.evaluate.gold import GoldConfig
 from cwpo_ray.generate.config import EngineConfig, SamplingConfig
 
@@ -15,6 +15,7 @@ class EvaluateConfig(StrictModel):
 
     prompts_path: str | None = None  # test split (parquet folder/file, or jsonl) with a prompt column
     prompt_column: str = "prompt"
+    on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema input file: quarantine it, or fail
     sft_model: str | None = None  # the reference every method is compared with; required
     # method name -> aligned model (hub id or folder), e.g. {cw-dpo: runs/x/align/cw-dpo, dpo: ...}.
     # Baselines are simply more entries: every method gets the same GRA/CI/gain treatment.

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import RayConfig, StrictModel
+from cwpo_ray.config import OnBadFile, RayConfig, StrictModel
 
 
 class SourceConfig(StrictModel):
@@ -47,6 +47,7 @@ class PrepareConfig(StrictModel):
     tokenizer: str | None = None
     max_tokens: int | None = Field(default=512, gt=0)
     batch_size: int = Field(default=4096, gt=0)
+    on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema input file: quarantine it, or fail
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

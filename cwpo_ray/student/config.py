@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import LoraSettings, RayConfig, StrictModel
+from cwpo_ray.config import TOP_FRACTION, LoraSettings, Loss, OnBadFile, RayConfig, StrictModel, Weighting
 
 
 class FaultInjection(StrictModel):
@@ -26,6 +26,7 @@ class StudentTrainConfig(StrictModel):
     trust_remote_code: bool = False
     data_dir: str | None = None  # parquet folder / file (URI ok)
     data_format: Literal["labeled", "pairs"] = "labeled"  # LABELED_SCHEMA (annotate) or PAIR_SCHEMA human labels
+    on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema parquet file in data_dir
     output_dir: str | None = None  # {output_dir}/model (save_pretrained), summary.json, metrics, checkpoints
     max_length: int = Field(default=512, gt=8)  # prompt + response tokens
     max_prompt_length: int = Field(default=256, gt=0)  # prompts longer are left-truncated
@@ -84,12 +85,11 @@ class AlignConfig(StudentTrainConfig):
     Paper defaults: β = 0.5, lr 5e-6, batch 16 × 4 accumulation, cosine, warmup 100, weight decay 0.05.
     """
 
-    loss: Literal["dpo", "ipo", "rdpo"] = "dpo"
+    loss: Loss = "dpo"
     beta: float = Field(default=0.5, gt=0)
     rdpo_eps: float = Field(default=0.1, ge=0.0, lt=0.5)
-    weighting: Literal["confidence", "none", "top_fraction", "sigmoid_delta", "clip_delta",
-                       "scaled_clip_delta"] = "confidence"
-    top_fraction: float = Field(default=0.5, gt=0.0, le=1.0)  # for weighting=top_fraction
+    weighting: Weighting = "confidence"
+    top_fraction: float = Field(default=TOP_FRACTION, gt=0.0, le=1.0)  # for weighting=top_fraction
     normalize_weights: bool = False  # Σw·ℓ/Σw instead of the paper's mean(w·ℓ)
     # sum: the paper's equations; mean: length-averaged (TRL's IPO); auto: mean for ipo, sum otherwise
     logprob_reduction: Literal["auto", "sum", "mean"] = "auto"

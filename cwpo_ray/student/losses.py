@@ -9,11 +9,15 @@ and returns one loss per pair (no reduction), TRL-style. The batch loss is
 """
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("dpo", "ipo", "rdpo")
-WEIGHTINGS = ("confidence", "none", "top_fraction", "sigmoid_delta", "clip_delta", "scaled_clip_delta")
+from cwpo_ray.config import Loss, Weighting
+
+LOSSES: tuple[str, ...] = get_args(Loss)
+WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 
 
 def dpo_loss(delta: torch.Tensor, beta: float) -> torch.Tensor:

@@ -4,10 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from cwpo_ray.config import RayConfig, StrictModel
-
-Loss = Literal["dpo", "ipo", "rdpo"]
-Weighting = Literal["confidence", "none", "top_fraction", "sigmoid_delta", "clip_delta", "scaled_clip_delta"]
+from cwpo_ray.config import Loss, RayConfig, StrictModel, Weighting
 
 
 class AshaSettings(StrictModel):
