@@ -1,4 +1,7 @@
-"""``cwpo <stage> [--config FILE] [key=value ...]``.
+"""``cwpo <stage> [--config FILE ...] [key=value ...]`` (also ``python -m cwpo_ray <stage> ...``).
+
+``--config`` may be repeated: later files deep-merge over earlier ones (e.g. a base file, a dataset
+file and a model-pair file), then ``key=value`` overrides assign on top.
 
 Each stage is one typed config + one run function. Only stages that work are registered.
 """
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for name, (_, _, _, help_) in STAGES.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--config", "-c", help="YAML config file (defaults are used for missing fields)")
+        p.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
+                       help="YAML config file; repeat to overlay several (later files deep-merge over earlier ones)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields, e.g. prepare.labeled_fraction=0.3")
         p.add_argument("-v", "--verbose", action="store_true")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_cls, run_spec, printer, _ = STAGES[args.stage]
     try:
         base = [str(_load(BASE_CONFIGS[args.stage]))] if args.stage in BASE_CONFIGS else []
-        cfg = load_config(_load(cfg_cls), [*base, *([args.config] if args.config else [])], args.overrides)
+        cfg = load_config(_load(cfg_cls), [*base, *args.config], args.overrides)
         if args.print_config:
             from cwpo_ray.config import dump_config
 

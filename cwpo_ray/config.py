@@ -96,10 +96,16 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    loc = ".".join(str(p) for p in first["loc"])
     if prefix:
-        loc = f"{prefix}.{loc}"
+        loc = f"{prefix}.{loc}" if loc else prefix
     msg = first["msg"]
+    if first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if not loc:  # a cross-field check: its message starts with the field(s) it is about
+            more = len(err.errors()) - 1
+            return f"config error: {msg}" + (f" [+{more} more]" if more > 0 else "")
+    loc = loc or "<root>"
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
     got = first.get("input")
@@ -116,6 +122,17 @@ def build_config(cls: type[C], data: dict[str, Any] | None = None, overrides: li
         return cls.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+
+
+def updated(cfg: C, prefix: str = "", **fields: Any) -> C:
+    """A copy of ``cfg`` with ``fields`` set, *validated* like user input (``model_copy(update=…)``
+    is not); a bad value raises :class:`ConfigError` naming ``{prefix}.{field}``."""
+    data = cfg.model_dump(exclude_unset=True)  # keeps which fields the user set (model_fields_set)
+    data.update(fields)
+    try:
+        return type(cfg).model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, prefix)) from None
 
 
 def load_config(cls: type[C], path: str | Path | list | None = None, overrides: list[str] | None = None) -> C:
@@ -137,4 +154,7 @@ def load_config(cls: type[C], path: str | Path | list | None = None, overrides: 
 
 
 def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML that loads back as the same config (fields a parent config owns,
+    listed by its ``dump_exclude()``, are left out)."""
+    exclude = cfg.dump_exclude() if hasattr(cfg, "dump_exclude") else None
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False)

@@ -15,12 +15,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
-from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, Weighting
+from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, Weighting, dump_config, updated
+from cwpo_ray.layout import RunLayout
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.generate.config import GenerateConfig
 from cwpo_ray.manifest import Manifest
@@ -67,6 +68,36 @@ class PipelineConfig(StrictModel):
     stages: list[Literal["prepare", "train-annotator", "annotate", "sft", "generate", "align", "evaluate"]] = Field(
         default_factory=lambda: ["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"])
 
+    # Fields the pipeline sets itself: a value given for them would be ignored, so it is rejected.
+    OWNED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "prepare": ("ray",), "annotator": ("ray",), "annotate": ("ray", "overwrite"), "sft": ("ray",),
+        "generate": ("ray",), "evaluate": ("ray",),
+        "align": ("ray", "data_dir", "data_format", "output_dir", "loss", "weighting", "top_fraction"),
+    }
+
+    @model_validator(mode="after")
+    def _owned_fields_unset(self):
+        why = {"ray": "the pipeline's own `ray:` section is used by every stage",
+               "overwrite": "the run manifest decides when annotate re-runs",
+               "data_dir": "each method's labels decide it (methods.NAME.labels)",
+               "data_format": "each method's labels decide it (methods.NAME.labels)",
+               "output_dir": "each method writes {run_dir}/align/NAME"}
+        for section, fields in self.OWNED.items():
+            for f in fields:
+                if f in getattr(self, section).model_fields_set:
+                    raise ValueError(f"{section}.{f}: set by the pipeline, not here: "
+                                     + why.get(f, f"give it per method, e.g. methods.NAME.{f}=..."))
+        if "data_format" in self.sft.model_fields_set and self.sft.data_dir is None:
+            raise ValueError("sft.data_format: set by the pipeline unless sft.data_dir is given too")
+        return self
+
+    def dump_exclude(self) -> dict:
+        """Owned fields are left out of the written config.yaml so that it loads back."""
+        out = {section: set(fields) for section, fields in self.OWNED.items()}
+        if self.sft.data_dir is None:
+            out["sft"].add("data_format")
+        return out
+
     @model_validator(mode="after")
     def _gold_matches_data(self):
         if self.synthetic is None and self.evaluate.gold.kind == "synthetic" and "evaluate" in self.stages:
@@ -77,9 +108,11 @@ class PipelineConfig(StrictModel):
         return self
 
 
-def _fill(cfg: StrictModel, **paths) -> StrictModel:
-    """Set the path fields the user left unset."""
-    return cfg.model_copy(update={k: v for k, v in paths.items() if getattr(cfg, k) in (None, "", [], {})})
+def _fill(cfg: StrictModel, section: str, owned: dict | None = None, **paths) -> StrictModel:
+    """A validated copy of a stage config with the pipeline's ``owned`` fields set and the ``paths``
+    the user left unset filled in."""
+    fill = {k: v for k, v in paths.items() if getattr(cfg, k) in (None, "", [], {})}
+    return updated(cfg, section, **(owned or {}), **fill)
 
 
 def _link_tree(srcs: list[Path], dst: Path) -> None:
@@ -101,20 +134,20 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     """Run the stages; ``train_callbacks`` (e.g. Tune's TuneReportCallback) go to align's TorchTrainer."""
     from cwpo_ray.runtime import init_ray
 
-    run = Path(cfg.run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(__import__("cwpo_ray.config", fromlist=["dump_config"]).dump_config(cfg))
-    m = Manifest(run)
+    run = RunLayout.of(cfg.run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.config.write_text(dump_config(cfg))
+    m = Manifest(run.root)
     init_ray(cfg.ray)
     fps: dict[str, str] = {}
-    out: dict = {"run_dir": str(run), "stages": {}}
+    out: dict = {"run_dir": str(run.root), "stages": {}}
     t_start = time.time()
+    ray_only = {"ray": cfg.ray}
 
     def stage(name: str, stage_cfg, inputs: dict[str, str], output: Path, fn, fmt=None, artifacts=None):
         t = time.time()
         print(f"\n=== {name} ===", flush=True)
-        fp, result, skipped = m.run(name, stage_cfg.model_dump(mode="json") if hasattr(stage_cfg, "model_dump") else stage_cfg,
-                                    inputs, output, fn, artifacts)
+        fp, result, skipped = m.run(name, stage_cfg.model_dump(mode="json"), inputs, output, fn, artifacts)
         fps[name] = fp
         out["stages"][name] = {"skipped": skipped, "seconds": round(time.time() - t, 1), "output": str(output)}
         if skipped:
@@ -127,21 +160,19 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     # 1. synthesize (embedded task) -------------------------------------------------------------
     paths: dict[str, str] = {}
     if cfg.synthetic is not None:
-        from cwpo_ray.synthetic.build import build_synthetic
+        from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
-        from cwpo_ray.synthetic.build import format_synthesize
-
-        syn = _fill(cfg.synthetic, output_dir=str(run / "synthetic"))
+        syn = _fill(cfg.synthetic, "synthetic", output_dir=str(run.synthetic))
         stage("synthesize", syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn), format_synthesize)
         paths = json.loads((Path(syn.output_dir) / "manifest.json").read_text())["paths"]
 
     # 2. prepare ------------------------------------------------------------------------------------
     from cwpo_ray.prepare.stage import format_summary, run_prepare
 
-    prep = cfg.prepare.model_copy(update={"ray": cfg.ray})
-    if not prep.sources and paths:
-        prep = prep.model_copy(update={"sources": [SourceConfig(format="canonical", path=paths["data"], name="synthetic")]})
-    prep = _fill(prep, output_dir=str(run / "data"), tokenizer=paths.get("tokenizer"))
+    sources = cfg.prepare.sources or (
+        [SourceConfig(format="canonical", path=paths["data"], name="synthetic")] if paths else [])
+    prep = _fill(cfg.prepare, "prepare", {**ray_only, "sources": sources}, output_dir=str(run.data),
+                 tokenizer=paths.get("tokenizer"))
     data = Path(prep.output_dir)
     if "prepare" in cfg.stages:
         stage("prepare", prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep), format_summary,
@@ -150,36 +181,35 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     # 3. train-annotator ---------------------------------------------------------------------------
     from cwpo_ray.annotator.train import format_train_annotator, run_train_annotator
 
-    ann = _fill(cfg.annotator.model_copy(update={"ray": cfg.ray}), model=paths.get("weak_base"), data_dir=str(data),
-                output_dir=str(run / "annotator"))
+    ann = _fill(cfg.annotator, "annotator", ray_only, model=paths.get("weak_base"), data_dir=str(data),
+                output_dir=str(run.annotator))
     if "train-annotator" in cfg.stages:
         stage("train-annotator", ann, {"data": fps.get("prepare", "")}, Path(ann.output_dir),
-              lambda: run_train_annotator(ann), format_train_annotator, [Path(ann.output_dir) / "model"])
+              lambda: run_train_annotator(ann), format_train_annotator, [RunLayout.model(ann.output_dir)])
 
     # 4. annotate -------------------------------------------------------------------------------------
     from cwpo_ray.annotator.annotate import format_annotate, run_annotate
 
-    annot = _fill(cfg.annotate.model_copy(update={"ray": cfg.ray}), model=str(Path(ann.output_dir) / "model"),
-                  data_dir=str(data), output_dir=str(run / "annotated"))
+    annot = _fill(cfg.annotate, "annotate", {**ray_only, "overwrite": True}, model=str(RunLayout.model(ann.output_dir)),
+                  data_dir=str(data), output_dir=str(run.annotated))
+    weak_labels = Path(annot.output_dir) / "labeled"
     if "annotate" in cfg.stages:
         stage("annotate", annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
-              Path(annot.output_dir), lambda: run_annotate(annot.model_copy(update={"overwrite": True})), format_annotate,
-              [Path(annot.output_dir) / "labeled"])
-    if cfg.synthetic is not None and (Path(annot.output_dir) / "labeled").exists():
+              Path(annot.output_dir), lambda: run_annotate(annot), format_annotate, [weak_labels])
+    if cfg.synthetic is not None and weak_labels.exists():
         from cwpo_ray.synthetic.diagnostics import format_label_report, label_report
 
-        out["labels"] = label_report(str(data), str(Path(annot.output_dir) / "labeled"))  # gold is known here only
-        (run / "label_stats.json").write_text(json.dumps(out["labels"], indent=2))
+        out["labels"] = label_report(str(data), str(weak_labels))  # gold is known here only
+        run.label_stats.write_text(json.dumps(out["labels"], indent=2))
         print(format_label_report(out["labels"]), flush=True)
 
     # 5. sft: the student on (prompt, human-chosen) of the labeled fraction ----------------------------
     from cwpo_ray.student.sft import format_sft, run_sft
 
-    sft = _fill(cfg.sft.model_copy(update={"ray": cfg.ray}), model=paths.get("student_base"),
-                data_dir=str(data / "labeled"), output_dir=str(run / "sft"))
-    if cfg.sft.data_dir is None:
-        sft = sft.model_copy(update={"data_format": "pairs"})
-    sft_model = str(Path(sft.output_dir) / "model")
+    sft_owned = {**ray_only, **({"data_format": "pairs"} if cfg.sft.data_dir is None else {})}
+    sft = _fill(cfg.sft, "sft", sft_owned, model=paths.get("student_base"), data_dir=str(data / "labeled"),
+                output_dir=str(run.sft))
+    sft_model = str(RunLayout.model(sft.output_dir))
     if "sft" in cfg.stages:
         stage("sft", sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft,
               [Path(sft_model)])
@@ -188,8 +218,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     if "generate" in cfg.stages:
         from cwpo_ray.generate.stage import format_generate, run_generate
 
-        gen = _fill(cfg.generate.model_copy(update={"ray": cfg.ray}), model=sft_model, prompts_path=str(data / "unlabeled"),
-                    output_dir=str(run / "generated"))
+        gen = _fill(cfg.generate, "generate", ray_only, model=sft_model, prompts_path=str(data / "unlabeled"),
+                    output_dir=str(run.generated))
         stage("generate", gen, {"sft": fps.get("sft", ""), "data": fps.get("prepare", "")}, Path(gen.output_dir),
               lambda: run_generate(gen), format_generate, [Path(gen.output_dir) / "pairs"])
 
@@ -197,22 +227,21 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     from cwpo_ray.student.align import format_align, run_align
 
     label_data = {
-        "weak": (str(Path(annot.output_dir) / "labeled"), "labeled", fps.get("annotate", "")),
+        "weak": (str(weak_labels), "labeled", fps.get("annotate", "")),
         "human_unlabeled": (str(data / "unlabeled"), "pairs", fps.get("prepare", "")),
         "human_labeled": (str(data / "labeled"), "pairs", fps.get("prepare", "")),
-        "human_all": (str(run / "human_all"), "pairs", fps.get("prepare", "")),
+        "human_all": (str(run.human_all), "pairs", fps.get("prepare", "")),
     }
     if any(ms.labels == "human_all" for ms in cfg.methods.values()):
-        _link_tree([data / "labeled", data / "unlabeled"], run / "human_all")
+        _link_tree([data / "labeled", data / "unlabeled"], run.human_all)
     models: dict[str, str] = {}
     for name, ms in cfg.methods.items():
         d, fmt, fp_in = label_data[ms.labels]
-        al = cfg.align.model_copy(update={
-            "ray": cfg.ray, "model": cfg.align.model or sft_model, "data_dir": d, "data_format": fmt,
-            "output_dir": str(run / "align" / name), "loss": ms.loss, "weighting": ms.weighting,
-            "top_fraction": ms.top_fraction, "beta": ms.beta or cfg.align.beta})
-        al = AlignConfig.model_validate(al.model_dump())
-        models[name] = str(Path(al.output_dir) / "model")
+        al = _fill(cfg.align, f"methods.{name}", {
+            **ray_only, "data_dir": d, "data_format": fmt, "output_dir": str(run.align(name)), "loss": ms.loss,
+            "weighting": ms.weighting, "top_fraction": ms.top_fraction, "beta": ms.beta or cfg.align.beta},
+            model=sft_model)
+        models[name] = str(RunLayout.model(al.output_dir))
         if "align" in cfg.stages:
             stage(f"align/{name}", al, {"data": fp_in, "sft": fps.get("sft", "")}, Path(al.output_dir),
                   lambda al=al: run_align(al, callbacks=train_callbacks),
@@ -221,8 +250,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     # 7. evaluate: GRA of every method against the SFT model ------------------------------------------
     from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
 
-    ev = _fill(cfg.evaluate.model_copy(update={"ray": cfg.ray}), prompts_path=str(data / "test"), sft_model=sft_model,
-               output_dir=str(run / "eval"), models=models)
+    ev = _fill(cfg.evaluate, "evaluate", ray_only, prompts_path=str(data / "test"), sft_model=sft_model,
+               output_dir=str(run.eval), models=models)
     if "evaluate" in cfg.stages:
         inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models}}
         stage("evaluate", ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev), format_evaluate,

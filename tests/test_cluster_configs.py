@@ -123,7 +123,7 @@ def test_kuberay_rayjob_runs_the_pipeline():
     job = docs["RayJob"]
     assert job["apiVersion"] == "ray.io/v1"
     spec = job["spec"]
-    assert spec["entrypoint"].startswith("python ") and "jobs/pipeline.py --config /etc/cwpo/pipeline.yaml" in spec["entrypoint"]
+    assert spec["entrypoint"].startswith("python ") and "-m cwpo_ray pipeline --config /etc/cwpo/pipeline.yaml" in spec["entrypoint"]
     assert spec["shutdownAfterJobFinishes"] is True
     yaml.safe_load(spec["runtimeEnvYAML"])
     _check_ray_cluster_spec(spec["rayClusterSpec"])

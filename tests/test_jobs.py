@@ -1,5 +1,5 @@
-"""Ray job entrypoints (``jobs/*.py``): each one runs its stage or says it is not available, and a
-real job submitted to a real Ray head (127.0.0.1) writes its outputs.
+"""Ray jobs: ``python -m cwpo_ray <stage>`` is the entrypoint of every stage, and a real job submitted
+to a real Ray head (127.0.0.1) runs the uploaded copy of the package and writes its outputs.
 
 The head is started with the venv's ``ray start --head --block`` in its own process group and
 stopped by terminating that group (never ``ray stop``: that would kill every Ray on the machine).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,12 +24,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "jobs"
-# entrypoint file -> stage name in cwpo_ray.cli.STAGES
-ENTRYPOINTS = {
-    "synthesize": "synthesize", "prepare": "prepare", "train_annotator": "train-annotator", "annotate": "annotate",
-    "sft": "sft", "align": "align", "generate": "generate", "evaluate": "evaluate", "pipeline": "pipeline",
-    "sweep": "sweep", "demo": "demo",
-}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -38,45 +33,25 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_every_stage_has_an_entrypoint():
-    for name, stage in ENTRYPOINTS.items():
-        assert f'run("{stage}")' in (JOBS / f"{name}.py").read_text(), name
-    from cwpo_ray.cli import STAGES
-
-    # every registered stage can be submitted as a job
-    assert set(STAGES) <= set(ENTRYPOINTS.values()), set(STAGES) - set(ENTRYPOINTS.values())
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("name", sorted(ENTRYPOINTS))
-def test_entrypoint_runs_stage_or_says_unavailable(name, tmp_path):
-    """Run from another directory (as a job's working dir would): registered stages show their usage,
-    the others exit 2 with one clear line and no traceback."""
+def test_module_entrypoint_lists_runs_and_rejects_stages(tmp_path):
+    """``python -m cwpo_ray``: every registered stage is offered, a stage's config errors exit 2 with one
+    line, and an unknown stage exits 2 without a traceback."""
     from cwpo_ray.cli import STAGES
 
-    stage = ENTRYPOINTS[name]
-    r = subprocess.run([sys.executable, str(JOBS / f"{name}.py"), "--help"], cwd=tmp_path, env=_env(),
-                       capture_output=True, text=True, timeout=100)
-    if stage in STAGES:
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.startswith(f"usage: cwpo {stage}")
-    else:
-        assert r.returncode == 2
-        assert f"stage {stage!r} is not available in this version" in r.stderr
-        assert "Traceback" not in r.stderr
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cwpo_ray", *args], cwd=tmp_path, env=_env(),
+                              capture_output=True, text=True, timeout=100)
 
-
-def test_entry_unknown_stage_in_process(capsys):
-    sys.path.insert(0, str(JOBS))
-    try:
-        import _entry
-    finally:
-        sys.path.remove(str(JOBS))
-    assert _entry.main("no-such-stage", []) == 2
-    err = capsys.readouterr().err
-    assert "'no-such-stage' is not available in this version" in err and "available: " in err
-    assert _entry.main("prepare", ["not-a-key-value"]) == 2  # config errors keep the CLI's status
-    assert "is not of the form key=value" in capsys.readouterr().err
+    r = run("--help")
+    assert r.returncode == 0, r.stderr
+    for stage in STAGES:
+        assert re.search(rf"^ +{re.escape(stage)}\b", r.stdout, re.M), stage
+    r = run("prepare", "test_fraction=2")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "config error: test_fraction: Input should be less than 1 (got 2)"], r.stderr
+    r = run("no-such-stage")
+    assert r.returncode == 2 and "invalid choice: 'no-such-stage'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_runtime_env_files_are_valid():
@@ -210,9 +185,10 @@ def test_submit_synthesize_and_prepare_job(ray_head, tmp_path):
     runtime_env["working_dir"] = str(REPO)
     runtime_env.setdefault("env_vars", {}).update(HF_HUB_OFFLINE="1", RAY_DATA_DISABLE_PROGRESS_BARS="1")
     py = sys.executable
-    entrypoint = (f"{py} jobs/synthesize.py output_dir={syn_dir} task.num_pairs=300 "
+    entrypoint = (f"{py} -c 'import cwpo_ray; print(\"package:\", cwpo_ray.__file__)' && "
+                  f"{py} -m cwpo_ray synthesize output_dir={syn_dir} task.num_pairs=300 "
                   f"pretrain.num_texts=256 pretrain.epochs=1 && "
-                  f"{py} jobs/prepare.py --config {cfg}")
+                  f"{py} -m cwpo_ray prepare --config {cfg}")
 
     client = JobSubmissionClient(ray_head)
     t0 = time.time()
@@ -232,6 +208,8 @@ def test_submit_synthesize_and_prepare_job(ray_head, tmp_path):
     # The job ran in Ray's copy of the repo, not in /work/main, and joined this head (RAY_ADDRESS).
     info = client.get_job_info(job_id)
     assert info.runtime_env["working_dir"].startswith("gcs://")
+    package = next(line.split(" ", 1)[1] for line in logs.splitlines() if line.startswith("package: "))
+    assert not package.startswith(str(REPO)), package  # the uploaded copy ran, not the checkout
     assert "prepare: 300 rows in" in logs
 
     out = tmp_path / "prepared"

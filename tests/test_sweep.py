@@ -1,4 +1,5 @@
 """`cwpo sweep`: grid expansion and results (pure), and a real 2×2 Ray Tune sweep on a tiny synthetic task."""
+import csv
 import json
 from pathlib import Path
 
@@ -30,9 +31,16 @@ def test_write_results(tmp_path):
                  gra_ci_high=0.7, gold_gain=0.1, status="ok")
             for lf in (0.1, 0.3) for m, w in (("cw-dpo", "confidence"), ("dpo", "none")) for b in (0.1, 0.5)]
     write_results(rows, tmp_path)
-    assert (tmp_path / "results.csv").read_text().count("\n") == 9
-    assert "| 0.300 | cw-dpo |" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "gra_sweep.png").stat().st_size > 1000
+    with open(tmp_path / "results.csv") as f:
+        back = list(csv.DictReader(f))
+    assert [(float(r["labeled_fraction"]), r["method"], float(r["beta"]), float(r["gra"])) for r in back] == \
+        [(r["labeled_fraction"], r["method"], r["beta"], r["gra"]) for r in rows]
+    assert "| 0.300 | cw-dpo | dpo | confidence | 0.500 | 0.550 |" in (tmp_path / "results.md").read_text()
+    import matplotlib.image
+
+    img = matplotlib.image.imread(tmp_path / "gra_sweep.png")
+    assert img.shape[:2] == (480, 1320)  # 11 x 4 in at 120 dpi: both panels were drawn
+    assert img[..., :3].std() > 0.05  # not a blank canvas
 
 
 @pytest.mark.timeout(1500)

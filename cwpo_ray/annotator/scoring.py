@@ -238,9 +238,12 @@ class VLLMScorer:
 
 
 def make_scorer(backend: str, model_path: str, **kw):
-    """``backend``: "hf" (default) or "vllm"; ``kw`` goes to the backend's constructor (unknown keys ignored)."""
+    """``backend``: "hf" (default) or "vllm"; ``kw`` goes to the backend's constructor. An option that
+    backend does not have is an error (a typo must not silently do nothing)."""
     import inspect
 
     cls = {"hf": HFScorer, "vllm": VLLMScorer}[backend]
-    params = inspect.signature(cls.__init__).parameters
-    return cls(model_path, **{k: v for k, v in kw.items() if k in params})
+    unknown = sorted(set(kw) - set(inspect.signature(cls.__init__).parameters))
+    if unknown:
+        raise TypeError(f"make_scorer: the {backend!r} backend has no option(s) {', '.join(unknown)}")
+    return cls(model_path, **kw)

@@ -4,9 +4,7 @@ reporting its GRA. Passing a Trainer to ``Tuner`` is not supported in Train V2; 
 """
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import itertools
 import json
 import math
@@ -32,17 +30,6 @@ def grid(cfg: SweepConfig) -> list[dict]:
             for lf, lo, w, b in itertools.product(cfg.labeled_fraction, cfg.loss, cfg.weighting, cfg.beta)]
 
 
-@contextlib.contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def base_pipeline(cfg: SweepConfig):
     from cwpo_ray.config import build_config, deep_merge
     from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig
@@ -50,7 +37,7 @@ def base_pipeline(cfg: SweepConfig):
     base: dict = {}
     if cfg.pipeline_config:
         path = DEMO_CONFIG if cfg.pipeline_config == "demo" else Path(cfg.pipeline_config)
-        base = load_config(PipelineConfig, path).model_dump(mode="json")
+        base = load_config(PipelineConfig, path).model_dump(mode="json", exclude_unset=True)
     return build_config(PipelineConfig, deep_merge(base, cfg.pipeline))
 
 
@@ -60,29 +47,30 @@ def run_trial(params: dict, sweep: dict) -> dict:
 
     from cwpo_ray.pipeline import MethodSpec, run_pipeline
 
+    from filelock import FileLock
+
+    from cwpo_ray.config import updated
+    from cwpo_ray.layout import RunLayout
+
     cfg = SweepConfig.model_validate(sweep)
     out = Path(cfg.output_dir).resolve()
     base = base_pipeline(cfg)
-    lf_dir = out / f"labeled_fraction={params['labeled_fraction']}"
-    shared = base.model_copy(update={
-        "run_dir": str(lf_dir), "stages": ["prepare", "train-annotator", "annotate", "sft"],
-        "prepare": base.prepare.model_copy(update={"labeled_fraction": params["labeled_fraction"]}),
-    })
-    with file_lock(lf_dir / ".lock"):
+    shared_run = RunLayout.of(out / f"labeled_fraction={params['labeled_fraction']}")
+    shared = updated(base, run_dir=str(shared_run.root), stages=["prepare", "train-annotator", "annotate", "sft"],
+                     prepare=updated(base.prepare, "prepare", labeled_fraction=params["labeled_fraction"]))
+    with FileLock(shared_run.root / ".lock"):  # one trial per labeled fraction runs (or finds) the shared stages
         run_pipeline(shared)
     name = method_name(params)
     tdir = out / "trials" / trial_name(params)
-    own = shared.model_copy(update={
-        "run_dir": str(tdir), "stages": ["align", "evaluate"],
-        "methods": {name: MethodSpec(loss=params["loss"], weighting=params["weighting"],
-                                     top_fraction=cfg.top_fraction, beta=params["beta"])},
-        # upstream outputs live in the shared folder
-        "synthetic": shared.synthetic.model_copy(update={"output_dir": str(lf_dir / "synthetic")}) if shared.synthetic else None,
-        "prepare": shared.prepare.model_copy(update={"output_dir": str(lf_dir / "data")}),
-        "annotator": shared.annotator.model_copy(update={"output_dir": str(lf_dir / "annotator")}),
-        "annotate": shared.annotate.model_copy(update={"output_dir": str(lf_dir / "annotated")}),
-        "sft": shared.sft.model_copy(update={"output_dir": str(lf_dir / "sft")}),
-    })
+    # This trial's align + evaluate in its own folder; the upstream stages' outputs live in the shared one.
+    own = updated(shared, run_dir=str(tdir), stages=["align", "evaluate"],
+                  methods={name: MethodSpec(loss=params["loss"], weighting=params["weighting"],
+                                            top_fraction=cfg.top_fraction, beta=params["beta"])},
+                  synthetic=updated(shared.synthetic, output_dir=str(shared_run.synthetic)) if shared.synthetic else None,
+                  prepare=updated(shared.prepare, output_dir=str(shared_run.data)),
+                  annotator=updated(shared.annotator, output_dir=str(shared_run.annotator)),
+                  annotate=updated(shared.annotate, output_dir=str(shared_run.annotated)),
+                  sft=updated(shared.sft, output_dir=str(shared_run.sft)))
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = run_pipeline(own, train_callbacks=[TuneReportCallback()])
