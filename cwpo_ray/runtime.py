@@ -56,3 +56,47 @@ def init_ray(cfg: RayConfig | None = None):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"
     return ray
+
+
+# ---- one device / dtype resolution and one vLLM-on-CPU environment for every stage -------------------
+def local_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; anything else is kept."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cluster_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when the Ray cluster has GPUs (for stages that place actors), else ``cpu``."""
+    if device != "auto":
+        return device
+    import ray
+
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def dtype_name(dtype: str, device: str) -> str:
+    """``auto`` -> ``bfloat16`` on CUDA, ``float32`` on CPU (no fast bf16 kernels there); else as given."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def torch_dtype(dtype: str, device: str):
+    import torch
+
+    return getattr(torch, dtype_name(dtype, device))
+
+
+def vllm_cpu_env(kvcache_gib: float = 1.0, threads: int | None = None, in_process: bool = True) -> dict[str, str]:
+    """Environment vLLM's CPU backend needs, set before vLLM is imported: a small KV cache (else it asks
+    for most of the RAM), no OpenMP thread binding (Ray already placed the process; binding fights other
+    actors), and the engine core in the calling process (starts in seconds, no second process)."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": f"{kvcache_gib:g}", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if in_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env

@@ -81,3 +81,55 @@ def test_cli_reports_config_error_in_one_line(capsys):
 def test_cli_print_config(capsys):
     assert main(["demo", "--print-config", "run_dir=/tmp/zz"]) == 0
     assert "run_dir: /tmp/zz" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override", [f"{section}.{field}={value}" for section, fields in PipelineConfig.OWNED.items()
+                                      for field in fields
+                                      for value in [{"ray": "{num_cpus: 2}", "overwrite": "true", "data_dir": "/x",
+                                                     "data_format": "pairs", "output_dir": "/x", "loss": "ipo",
+                                                     "weighting": "top_fraction", "top_fraction": "0.9"}[field]]])
+def test_pipeline_owned_fields_are_rejected_not_ignored(override, capsys):
+    """A field the pipeline sets itself would be silently overwritten: it is an error naming the field."""
+    assert main(["demo", override, "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    field = override.split("=")[0]
+    assert err.splitlines() == [err] and err.startswith(f"config error: {field}: set by the pipeline"), err
+
+
+def test_sft_data_format_is_owned_unless_data_dir_is_given():
+    with pytest.raises(ConfigError, match=r"^config error: sft\.data_format: set by the pipeline"):
+        build_config(PipelineConfig, overrides=["sft.data_format=pairs"])
+    cfg = build_config(PipelineConfig, overrides=["sft.data_format=pairs", "sft.data_dir=/x"])
+    assert cfg.sft.data_format == "pairs"
+
+
+def test_invalid_values_are_rejected_on_every_path():
+    """Through the CLI, through a method's own field, and through the pipeline's fill-in copies."""
+    from cwpo_ray.config import updated
+
+    with pytest.raises(ConfigError, match=r"^config error: align\.beta: Input should be greater than 0 \(got -5\)$"):
+        build_config(PipelineConfig, overrides=["align.beta=-5"])
+    with pytest.raises(ConfigError, match=r"^config error: methods\.cw-dpo\.beta: Input should be greater than 0"):
+        build_config(PipelineConfig, overrides=["methods.cw-dpo.beta=-1"])
+    cfg = build_config(PipelineConfig)
+    with pytest.raises(ConfigError, match=r"^config error: methods\.x\.beta: Input should be greater than 0"):
+        updated(cfg.align, "methods.x", beta=-5.0)  # what the pipeline does per method: validated, not model_copy
+    with pytest.raises(ConfigError, match=r"^config error: align\.top_fraction: Input should be less than or equal to 1"):
+        updated(cfg.align, "align", top_fraction=1.5)
+    assert updated(cfg.align, "align", beta=0.2).beta == 0.2
+
+
+def test_written_config_loads_back(tmp_path, capsys):
+    """``--print-config`` (and the run's config.yaml) leave out the owned fields, so they load back."""
+    assert main(["demo", "--print-config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    assert main(["pipeline", "--config", str(tmp_path / "c.yaml"), "--print-config"]) == 0
+
+
+def test_config_overlays_deep_merge_in_order(tmp_path):
+    (tmp_path / "base.yaml").write_text("align: {beta: 0.5, lr: 1.0e-5}\nprepare: {labeled_fraction: 0.3}\n")
+    (tmp_path / "data.yaml").write_text("prepare: {labeled_fraction: 0.2}\n")
+    (tmp_path / "model.yaml").write_text("align: {lr: 5.0e-6}\n")
+    cfg = load_config(PipelineConfig, [tmp_path / "base.yaml", tmp_path / "data.yaml", tmp_path / "model.yaml"],
+                      ["align.beta=0.1"])
+    assert (cfg.align.beta, cfg.align.lr, cfg.prepare.labeled_fraction) == (0.1, 5e-6, 0.2)

@@ -13,7 +13,7 @@ from cwpo_ray.generate.core import (CANDIDATE_SCHEMA, candidate_pairs, expand_re
                                     request_seed)
 from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, pair_id, validate_pair
 
-# vLLM CPU in tests: small KV cache, no torch.compile (see shared NOTES).
+# vLLM CPU in tests: small KV cache, no torch.compile (CPU attention also needs head_dim >= 32).
 ENGINE = {"enforce_eager": True, "max_model_len": 256, "batch_size": 128}
 
 

@@ -158,13 +158,10 @@ class HFScorer:
                  max_batch_tokens: int = 16384, max_batch_size: int = 256, pad_to_multiple_of: int = 8,
                  attn_implementation: str | None = "sdpa", compile: bool = False, trust_remote_code: bool = False,
                  model=None, tokenizer=None):
-        import torch
+        from cwpo_ray.runtime import local_device, torch_dtype
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        self.device, self.dtype = device, getattr(torch, dtype)
+        device = local_device(device)
+        self.device, self.dtype = device, torch_dtype(dtype, device)
         self.max_tokens, self.max_batch_tokens, self.max_batch_size = max_tokens, max_batch_tokens, max_batch_size
         self.pad_to_multiple_of = pad_to_multiple_of
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code)
@@ -208,13 +205,15 @@ class VLLMScorer:
                  gpu_memory_utilization: float = 0.85, trust_remote_code: bool = False, tokenizer=None):
         import os
 
-        import torch
+        from cwpo_ray.runtime import dtype_name, local_device, vllm_cpu_env
 
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        device = local_device()
+        if device == "cpu":
+            for k, v in vllm_cpu_env().items():
+                os.environ.setdefault(k, v)
         from vllm import LLM
 
-        if dtype == "auto":
-            dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+        dtype = dtype_name(dtype, device)
         self.max_tokens = max_tokens
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code)
         t0 = time.time()

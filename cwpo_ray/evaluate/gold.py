@@ -76,15 +76,13 @@ class HFRewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from cwpo_ray.runtime import torch_dtype
+
         self.torch, self.device, self.batch_size, self.max_length = torch, device, batch_size, max_length
         self.name = f"hf:{model}"
         self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            model, dtype=torch_dtype, trust_remote_code=trust_remote_code).to(device).eval()
+            model, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code).to(device).eval()
         if self.model.config.num_labels != 1:
             raise ValueError(f"gold reward model {model} has num_labels={self.model.config.num_labels}, expected 1")
         if self.tok.pad_token is None:

@@ -128,13 +128,13 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from cwpo_ray.runtime import torch_dtype
+
         self.torch = torch
         self.device = device
         self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        if device == "cpu" and dtype == "auto":
-            torch_dtype = torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype(dtype, device),
+                                                          trust_remote_code=trust_remote_code)
         self.model.to(device).eval()
         self.eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.model.config.eos_token_id
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos

@@ -24,17 +24,14 @@ import pyarrow as pa
 
 from cwpo_ray.generate.config import EngineConfig, SamplingConfig
 from cwpo_ray.generate.core import CANDIDATE_SCHEMA, HFGenerator, sampling_kwargs
+from cwpo_ray.runtime import cluster_device, dtype_name, vllm_cpu_env
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(engine: EngineConfig) -> str:
     """``cuda`` if asked, or if ``auto`` and the Ray cluster has GPUs; else ``cpu``."""
-    if engine.device != "auto":
-        return engine.device
-    import ray
-
-    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+    return cluster_device(engine.device)
 
 
 def engine_env(engine: EngineConfig, device: str) -> dict[str, str]:
@@ -42,12 +39,7 @@ def engine_env(engine: EngineConfig, device: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME") if k in os.environ}
     env["TOKENIZERS_PARALLELISM"] = "false"
     if device == "cpu":
-        env.update(
-            VLLM_CPU_KVCACHE_SPACE=f"{engine.cpu_kvcache_gib:g}",  # else vLLM asks for most of the RAM
-            VLLM_CPU_OMP_THREADS_BIND="nobind",  # Ray already placed us; binding fights other actors
-            OMP_NUM_THREADS=str(engine.cpu_threads),
-            VLLM_ENABLE_V1_MULTIPROCESSING="0",  # engine core in the actor itself: no second process
-        )
+        env.update(vllm_cpu_env(engine.cpu_kvcache_gib, engine.cpu_threads))
     return env
 
 
@@ -55,7 +47,7 @@ def vllm_engine_kwargs(engine: EngineConfig, device: str) -> dict[str, Any]:
     """``vllm.LLM`` / ``EngineArgs`` kwargs from the config."""
     kw: dict[str, Any] = dict(
         tensor_parallel_size=engine.tensor_parallel_size,
-        dtype=("float32" if device == "cpu" and engine.dtype == "auto" else engine.dtype),
+        dtype=dtype_name(engine.dtype, device),
         enforce_eager=engine.enforce_eager,
         trust_remote_code=engine.trust_remote_code,
     )
@@ -207,9 +199,3 @@ def generate_candidates(requests, model: str, sampling: SamplingConfig, engine: 
         info["fallback_reason"] = reason
         engine = engine.model_copy(update={"backend": "hf"})
     return _generate_actor_pool(requests, model, sampling, engine, device), info
-
-
-def to_candidates_table(rows: pa.Table | list[dict]) -> pa.Table:
-    if isinstance(rows, list):
-        return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
-    return rows.select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA)

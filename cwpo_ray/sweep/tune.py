@@ -5,7 +5,6 @@ reporting its GRA. Passing a Trainer to ``Tuner`` is not supported in Train V2; 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import os
@@ -23,11 +22,6 @@ def trial_name(p: dict) -> str:
 def method_name(p: dict) -> str:
     prefix = {"confidence": "cw-", "none": "ws-", "top_fraction": "top-"}.get(p["weighting"], p["weighting"] + "-")
     return f"{prefix}{p['loss']}"
-
-
-def grid(cfg: SweepConfig) -> list[dict]:
-    return [dict(labeled_fraction=lf, loss=lo, weighting=w, beta=b)
-            for lf, lo, w, b in itertools.product(cfg.labeled_fraction, cfg.loss, cfg.weighting, cfg.beta)]
 
 
 def base_pipeline(cfg: SweepConfig):
