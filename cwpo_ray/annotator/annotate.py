@@ -31,10 +31,15 @@ from cwpo_ray import io
 from cwpo_ray.annotator.config import AnnotateConfig, local_abspath
 from cwpo_ray.annotator.losses import confidence, orient
 from cwpo_ray.config import ConfigError, require
+from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, write_bad_files
 from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, QUARANTINE_SCHEMA, truncate_raw, validate_pair
 
 log = logging.getLogger(__name__)
 STATE_FILE = "annotate_state.json"
+# What an input file needs (checked from its parquet footer before any compute): these columns, and
+# string types for every PAIR_SCHEMA column it has; human_label and source may be absent (read as null).
+REQUIRED_COLUMNS = ("pair_id", "prompt", "response_a", "response_b")
+COLUMN_TYPES = {name: "string" for name in PAIR_SCHEMA.names}
 
 
 # ----------------------------------------------------------------------------------------- pure core
@@ -53,12 +58,13 @@ def list_parquet(path: str) -> list[str]:
     return [prefix + f for f in files]
 
 
-def plan_blocks(path: str, block_rows: int) -> list[dict]:
+def plan_blocks(path: str | list[str], block_rows: int) -> list[dict]:
     """Block descriptors {key, path, row_group, start, stop} from parquet metadata (no data read).
 
-    ``key`` names the output file and is stable for the same input files and ``block_rows``."""
+    ``path``: a file or folder, or the list of (checked) files. ``key`` names the output file and is
+    stable for the same input files and ``block_rows``."""
     blocks = []
-    for f in list_parquet(path):
+    for f in (list_parquet(path) if isinstance(path, str) else path):
         fs, p = io.resolve(f)
         with fs.open_input_file(p) as fh:
             md = pq.ParquetFile(fh).metadata
@@ -77,8 +83,14 @@ def plan_blocks(path: str, block_rows: int) -> list[dict]:
 def read_block(block: dict) -> pa.Table:
     fs, p = io.resolve(block["path"])
     with fs.open_input_file(p) as fh:
-        t = pq.ParquetFile(fh).read_row_group(block["row_group"], columns=PAIR_SCHEMA.names)
-    return t.slice(block["start"], block["stop"] - block["start"])
+        pf = pq.ParquetFile(fh)
+        cols = [c for c in PAIR_SCHEMA.names if c in pf.schema_arrow.names]
+        t = pf.read_row_group(block["row_group"], columns=cols)
+    t = t.slice(block["start"], block["stop"] - block["start"])
+    for name in PAIR_SCHEMA.names:  # optional columns (human_label, source) absent from the file: null
+        if name not in t.column_names:
+            t = t.append_column(name, pa.nulls(t.num_rows, pa.string()))
+    return t.select(PAIR_SCHEMA.names)
 
 
 def split_valid(table: pa.Table, tokenizer, max_tokens: int):
@@ -143,6 +155,9 @@ def block_output(output_dir: str, key: str) -> str:
     return io.join(output_dir, "labeled", f"{key}.parquet")
 
 
+HF_ONLY = ("max_batch_tokens", "max_batch_size", "compile")  # AnnotateConfig fields of the HF backend only
+
+
 class ScorerActor:
     """Ray Data callable class: one scorer per actor; each call handles whole blocks (batch_size=1)."""
 
@@ -157,9 +172,9 @@ class ScorerActor:
                              "VLLM_CPU_OMP_THREADS_BIND": "nobind"}.items():
                     os.environ.setdefault(k, v)
         self.c = c
+        hf_only = {k: c[k] for k in HF_ONLY} if c["backend"] == "hf" else {}
         self.scorer = make_scorer(c["backend"], c["model"], max_tokens=c["max_tokens"], dtype=c["dtype"],
-                                  max_batch_tokens=c["max_batch_tokens"], max_batch_size=c["max_batch_size"],
-                                  compile=c["compile"], trust_remote_code=c["trust_remote_code"])
+                                  trust_remote_code=c["trust_remote_code"], **hf_only)
 
     def process_block(self, block: dict) -> dict:
         t0 = time.time()
@@ -198,15 +213,18 @@ def summarize_output(output_dir: str, hist_bins: int) -> dict:
     with_label = [a for a in agree if a is not None]
     qdir = io.join(output_dir, "quarantine")
     reasons: Counter = Counter()
+    file_reasons: Counter = Counter()  # quarantine/files.parquet: whole input files set aside by this run
     if io.exists(qdir):
         for f in list_parquet(qdir):
             fs, p = io.resolve(f)
-            reasons.update(pq.read_table(p, filesystem=fs, columns=["reason"]).column("reason").to_pylist())
+            found = pq.read_table(p, filesystem=fs, columns=["reason"]).column("reason").to_pylist()
+            (file_reasons if os.path.basename(p) == FILES_QUARANTINE else reasons).update(found)
     return {
         "pairs": len(ids),
         "unique_pair_ids": len(set(ids)),
-        "quarantined": sum(reasons.values()),
-        "quarantine_reasons": dict(reasons),
+        "quarantined": sum(reasons.values()),  # rows
+        "files_quarantined": sum(file_reasons.values()),
+        "quarantine_reasons": dict(reasons + file_reasons),
         "confidence_mean": float(conf_a.mean()) if len(conf_a) else None,
         "confidence_quantiles": {f"p{q}": float(np.quantile(conf_a, q / 100)) for q in (10, 50, 90)} if len(conf_a) else {},
         "confidence_hist": {"counts": counts.tolist(), "edges": [round(float(e), 4) for e in edges]},
@@ -248,8 +266,12 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> dict:
     cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),
                                  "input": local_abspath(cfg.input), "output_dir": local_abspath(cfg.output_dir)})
     input_path = cfg.input or io.join(cfg.data_dir, "unlabeled")
+    # Every input file is checked from its parquet footer before any compute: a truncated / non-parquet
+    # file or one without the pair columns is quarantined whole (or, on_bad_file=fail, stops the run here).
+    check = check_inputs(input_path, REQUIRED_COLUMNS, COLUMN_TYPES, on_bad_file=cfg.on_bad_file, what="input")
     _check_state(cfg, input_path)
-    blocks = plan_blocks(input_path, cfg.block_rows)
+    write_bad_files(cfg.output_dir, check.bad)
+    blocks = plan_blocks(check.files, cfg.block_rows)
     todo = [b for b in blocks if not io.exists(block_output(cfg.output_dir, b["key"]))]
     skipped = len(blocks) - len(todo)
     print(f"[annotate] {len(blocks)} blocks in {input_path}: {skipped} already done, {len(todo)} to score "
@@ -293,6 +315,7 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> dict:
         "output": io.join(cfg.output_dir, "labeled"),
         "confidence_hist_png": png,
         "output_dir": cfg.output_dir,
+        "bad_files": check.summary()["bad_files"],
     }
     io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
     return summary
@@ -313,6 +336,9 @@ def format_annotate(s: dict) -> str:
     if s["quarantine_reasons"]:
         lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
                      + f"  (see {s['output_dir']}/quarantine/)")
+    if s.get("files_quarantined"):
+        lines.append(f"  bad input files: {s['files_quarantined']} quarantined whole "
+                     f"(see {s['output_dir']}/quarantine/{FILES_QUARANTINE})")
     lines.append(f"  output: {s['output']}/*.parquet")
     return "\n".join(lines)
 

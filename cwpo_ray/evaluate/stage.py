@@ -2,7 +2,9 @@
 
 Output (``output_dir``): ``responses.parquet`` (every response with model, seed and gold reward),
 ``metrics.json`` (GRA, ties, bootstrap CI and mean gold-reward gain per method), ``report.md``,
-``gra.png``, ``gold_rewards.png``, ``summary.json`` (= metrics).
+``gra.png``, ``gold_rewards.png``, ``summary.json`` (= metrics), and ``quarantine/files.parquet`` when an
+input file of ``prompts_path`` was unreadable or lacked the prompt column (checked from its parquet
+footer before any compute; ``on_bad_file=fail`` stops the run instead, with one line naming the file).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from cwpo_ray.evaluate.metrics import gra
 from cwpo_ray.evaluate.report import write_report
 from cwpo_ray.generate.core import model_seed, prompt_id
 from cwpo_ray.generate.stage import collect, generate_table, generation_stats, read_prompts
+from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
 from cwpo_ray.runtime import init_ray
 
 log = logging.getLogger(__name__)
@@ -79,12 +82,49 @@ def _write_outputs(output_dir: str, responses: pa.Table, metrics: dict, scores: 
     return paths
 
 
+def load_prompts(cfg: EvaluateConfig) -> tuple[list[str], dict, InputCheck, dict]:
+    """The test prompts of ``cfg.prompts_path`` from its readable files only.
+
+    Every file is checked first (parquet footer: readable, with a string ``prompt_column``); a bad one is
+    written to ``{output_dir}/quarantine/files.parquet`` and skipped, or (``on_bad_file=fail``) raises
+    ConfigError naming it. Returns (unique prompts in first-seen order, counts as
+    :func:`~cwpo_ray.generate.stage.read_prompts`, the check, quarantine reasons of files and prompts)."""
+    col = cfg.prompt_column
+    check = check_inputs(cfg.prompts_path, [col], {col: "string"}, on_bad_file=cfg.on_bad_file, what="prompts_path")
+    write_bad_files(cfg.output_dir, check.bad)
+    if not check.files:
+        raise ConfigError(f"input error: prompts_path: no readable input file in {cfg.prompts_path!r} "
+                          f"({len(check.bad)} quarantined, see {cfg.output_dir}/quarantine/)")
+    if not check.bad:
+        prompts, bad, counts = read_prompts(cfg.prompts_path, col, cfg.max_prompts)
+    else:  # only the good files, merged in file order as one read of the folder would
+        seen: dict[str, None] = {}
+        bads, counts = [], {"rows_in": 0, "bad_prompts": 0}
+        for f in check.files:
+            p, b, c = read_prompts(f, col)
+            bads.append(b)
+            counts["rows_in"] += c["rows_in"]
+            counts["bad_prompts"] += c["bad_prompts"]
+            seen.update(dict.fromkeys(p))
+        bad = pa.concat_tables(bads)
+        prompts = list(seen)
+        limited = max(0, len(prompts) - cfg.max_prompts) if cfg.max_prompts is not None else 0
+        prompts = prompts[: len(prompts) - limited]
+        counts = {"rows_in": counts["rows_in"], "unique_prompts": len(seen),
+                  "duplicate_prompts": counts["rows_in"] - counts["bad_prompts"] - len(seen),
+                  "bad_prompts": counts["bad_prompts"], "not_used_max_prompts": limited, "prompts_used": len(prompts)}
+    reasons: dict[str, int] = {}
+    for r in [*bad.column("reason").to_pylist(), *(b.reason for b in check.bad)]:
+        reasons[r] = reasons.get(r, 0) + 1
+    return prompts, counts, check, reasons
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
     require(cfg, "prompts_path", "sft_model", "output_dir")
-    init_ray(cfg.ray)
     t_start = time.time()
-    prompts, _, prompt_counts = read_prompts(cfg.prompts_path, cfg.prompt_column, cfg.max_prompts)
+    prompts, prompt_counts, check, quarantine_reasons = load_prompts(cfg)  # before any compute
+    init_ray(cfg.ray)
     if not prompts:
         raise ConfigError(f"config error: prompts_path: no usable prompts in {cfg.prompts_path!r}")
     pids = [prompt_id(p) for p in prompts]
@@ -137,6 +177,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         "seeding": cfg.seeding,
         "prompts": prompt_counts,
         "prompts_path": cfg.prompts_path,
+        "files_quarantined": len(check.bad),  # input files set aside whole (quarantine/files.parquet)
+        "bad_files": check.summary()["bad_files"],
+        "quarantine_reasons": quarantine_reasons,  # bad files and unusable prompts, by reason
         "sft_model": cfg.sft_model,
         "models": dict(cfg.models),
         "gold": cfg.gold.model if cfg.gold.kind == "hf" else "synthetic r*(x, y)",
@@ -167,6 +210,9 @@ def format_evaluate(m: dict) -> str:
     for name, g in m["generation"].items():
         if g.get("fallback_reasons"):
             lines.append(f"  WARNING: {name} generated with the HF fallback: {'; '.join(g['fallback_reasons'])}")
+    if m.get("files_quarantined"):
+        lines.append(f"  bad input files: {m['files_quarantined']} quarantined whole "
+                     f"(see {m['output_dir']}/quarantine/files.parquet)")
     lines.append(f"  report: {m['files']['report']}  ({m['seconds_total']:.1f}s)")
     return "\n".join(lines)
 

@@ -118,6 +118,22 @@ ADAPTERS: dict[str, Callable[[dict], Adapted]] = {
 }
 
 
+def required_columns(fmt: str, columns: dict[str, str] | None = None) -> list[str]:
+    """The columns every row of a ``fmt`` source needs (a file without one of them is quarantined whole,
+    from its schema, before any row is read)."""
+    if fmt == "hh_rlhf":
+        return ["chosen", "rejected"]
+    if fmt in ("tldr", "ultrafeedback"):
+        return ["prompt", "chosen", "rejected"]
+    if fmt == "canonical":  # human_label is optional
+        return ["prompt", "response_a", "response_b"]
+    columns = columns or {}
+    if {"chosen", "rejected"} <= set(columns):
+        return [columns.get("prompt", "prompt"), columns["chosen"], columns["rejected"]]
+    cols = [columns.get("prompt", "prompt"), columns.get("response_a", "response_a"), columns.get("response_b", "response_b")]
+    return cols + ([columns["label"]] if "label" in columns else [])
+
+
 def get_adapter(fmt: str, columns: dict[str, str] | None = None) -> Callable[[dict], Adapted]:
     if fmt == "generic":
         return make_generic_adapter(columns or {})

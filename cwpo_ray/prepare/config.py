@@ -48,6 +48,10 @@ class PrepareConfig(StrictModel):
     max_tokens: int | None = Field(default=512, gt=0)
     batch_size: int = Field(default=4096, gt=0)
     on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema input file: quarantine it, or fail
+    # Exact duplicate pairs (same pair_id, e.g. a shard listed twice or two sources sharing pairs) are
+    # counted in the summary (duplicate_pairs); drop: keep the first, quarantine the others with reason
+    # duplicate_pair_id; keep: leave them all in their split.
+    duplicates: Literal["drop", "keep"] = "drop"
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

@@ -5,11 +5,14 @@ labeled / unlabeled / validation / test / quarantine; the Ray stage only reads, 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import lru_cache
 from typing import Callable, Iterable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cwpo_ray.prepare.adapters import BadRow, get_adapter
 from cwpo_ray.schema import assign_split, pair_id, truncate_raw, validate_pair
@@ -118,3 +121,30 @@ class Normalizer:
                     for k in ("pair_id", "prompt", "response_a", "response_b", "human_label"):
                         cols[k][i] = None
         return pa.table(cols, schema=BATCH_SCHEMA)
+
+
+# ---- exact duplicates (same pair_id) ------------------------------------------------------------------
+def pair_id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """pair_ids as uint64 keys (8 bytes a row, for de-duplicating millions of pairs in one process).
+
+    ``schema.pair_id`` is 16 hex digits, so the mapping is exact; any other id is hashed (blake2b, 64 bits)."""
+    if len(ids) == 0:
+        return np.empty(0, np.uint64)
+    lengths = pc.min_max(pc.utf8_length(ids))
+    values = ids.to_pylist()
+    if lengths["min"].as_py() == lengths["max"].as_py() == 16:
+        try:
+            return np.frombuffer(bytes.fromhex("".join(values)), dtype=">u8").astype(np.uint64)
+        except ValueError:  # not hex
+            pass
+    return np.array([int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
+                     for v in values], dtype=np.uint64)
+
+
+def duplicate_mask(keys: np.ndarray) -> np.ndarray:
+    """True for every row whose key already occurred at an earlier row (the first occurrence is kept)."""
+    mask = np.ones(len(keys), dtype=bool)
+    if len(keys):
+        _, first = np.unique(keys, return_index=True)  # index of each key's first occurrence
+        mask[first] = False
+    return mask

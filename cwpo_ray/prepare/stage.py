@@ -3,6 +3,18 @@
 Everything streams: a line-oriented jsonl datasource (so a bad line is a quarantined row, not a
 failed read), ``map_batches`` with the pure :class:`~cwpo_ray.prepare.core.Normalizer`, and one
 datasink that routes rows to ``{output_dir}/{labeled,unlabeled,validation,test,quarantine}/part-*.parquet``.
+
+Before any compute every input file is checked (:mod:`cwpo_ray.inputs`: parquet from its footer, for
+the columns the source's format needs; compressed jsonl by decompressing it once): a bad file is
+quarantined whole (``quarantine/files.parquet``, ``files_quarantined`` in the summary) or, with
+``on_bad_file=fail``, stops the run with one line naming it.
+
+Exact duplicate pairs (same ``pair_id``) are found after the write by one pass over the ``pair_id``
+column of each split (pair_id decides the prompt and so the split, hence duplicates never straddle
+splits): 8 bytes a pair in the driver (~80 MB for 10M pairs), no shuffle of the text. With
+``duplicates=drop`` (default) the files holding a later copy are rewritten without it and the copies go
+to ``quarantine/duplicates.parquet`` (reason ``duplicate_pair_id``), so the counts stay conserved; the
+first copy in output order is kept.
 """
 from __future__ import annotations
 
@@ -11,18 +23,22 @@ import logging
 from collections import Counter
 from typing import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.datasource import FileBasedDatasource
 
 from cwpo_ray import io
 from cwpo_ray.config import ConfigError, require
+from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
+from cwpo_ray.prepare.adapters import required_columns
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
-from cwpo_ray.prepare.core import BATCH_SCHEMA, Normalizer, parse_json_lines
+from cwpo_ray.prepare.core import BATCH_SCHEMA, Normalizer, duplicate_mask, pair_id_keys, parse_json_lines
 from cwpo_ray.runtime import init_ray
-from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, SPLITS
+from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, SPLITS, truncate_raw
 
 log = logging.getLogger(__name__)
 LINES_PER_BLOCK = 8192
@@ -96,8 +112,21 @@ class SplitParquetSink(Datasink):
         self.counts = dict(total)
 
 
-def read_source(src: SourceConfig, cfg: PrepareConfig):
-    """One source as a Ray Dataset of BATCH_SCHEMA rows."""
+def is_parquet_source(src: SourceConfig) -> bool:
+    fs, p = io.resolve(src.path)
+    return src.path.endswith(".parquet") or fs.get_file_info(p).type.name == "Directory"
+
+
+def check_source(src: SourceConfig, cfg: PrepareConfig, index: int) -> InputCheck | None:
+    """The source's input files, checked before any compute (None for a Hugging Face dataset)."""
+    if src.hf_dataset:
+        return None
+    required = required_columns(src.format, src.columns) if is_parquet_source(src) else ()
+    return check_inputs(src.path, required, on_bad_file=cfg.on_bad_file, what=f"sources[{index}].path")
+
+
+def read_source(src: SourceConfig, cfg: PrepareConfig, check: InputCheck | None = None):
+    """One source as a Ray Dataset of BATCH_SCHEMA rows (only the good files of ``check`` are read)."""
     import ray
 
     norm = Normalizer(src.format, src.label, src.columns, cfg.test_fraction, cfg.labeled_fraction,
@@ -108,11 +137,11 @@ def read_source(src: SourceConfig, cfg: PrepareConfig):
         hf = datasets.load_dataset(src.hf_dataset, name=src.hf_config, data_dir=src.hf_data_dir, split=src.hf_split)
         ds = ray.data.from_huggingface(hf)
         kind = "rows"
-    elif src.path.endswith(".parquet") or io.resolve(src.path)[0].get_file_info(io.resolve(src.path)[1]).type.name == "Directory":
-        ds = ray.data.read_parquet(src.path)
+    elif is_parquet_source(src):
+        ds = ray.data.read_parquet(check.read_path() if check else src.path)
         kind = "rows"
     else:
-        ds = ray.data.read_datasource(JsonLinesDatasource(src.path))
+        ds = ray.data.read_datasource(JsonLinesDatasource(check.read_path() if check else src.path))
         kind = "lines"
     if src.max_rows:
         ds = ds.limit(src.max_rows)
@@ -127,32 +156,98 @@ def read_source(src: SourceConfig, cfg: PrepareConfig):
     return ds.map_batches(normalize, batch_format="pyarrow", batch_size=cfg.batch_size)
 
 
+def dedupe_splits(output_dir: str, drop: bool) -> tuple[int, Counter]:
+    """Find exact duplicate pairs (same pair_id) in the written splits; with ``drop`` rewrite the files
+    that hold a later copy without it and write the copies to ``quarantine/duplicates.parquet``.
+
+    Returns (number of later copies, Counter of dropped rows by ``"{source}:{split}"``). Memory: the
+    uint64 keys of one split (8 bytes a pair) and its sort; the text is only read for files with a copy."""
+    fs, root = io.resolve(output_dir)
+    n_dup, moved, dropped = 0, Counter(), []
+    for split in SPLITS:
+        d = f"{root}/{split}"
+        if fs.get_file_info(d).type.name != "Directory":
+            continue
+        files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(d)) if f.path.endswith(".parquet"))
+        keys = [pair_id_keys(pq.read_table(f, columns=["pair_id"], filesystem=fs).column("pair_id")) for f in files]
+        mask = duplicate_mask(np.concatenate(keys) if keys else np.empty(0, np.uint64))
+        n_dup += int(mask.sum())
+        if not drop or not mask.any():
+            continue
+        offset = 0
+        for f, k in zip(files, keys):
+            m, offset = mask[offset: offset + len(k)], offset + len(k)
+            if not m.any():
+                continue
+            t = pq.read_table(f, filesystem=fs).cast(PAIR_SCHEMA)
+            copies, keep = t.filter(pa.array(m)), t.filter(pa.array(~m))
+            if keep.num_rows:
+                tmp = f"{f}.tmp-dedupe"
+                pq.write_table(keep, tmp, filesystem=fs)
+                fs.move(tmp, f)
+            else:
+                fs.delete_file(f)
+            for r in copies.to_pylist():
+                dropped.append({"source": r["source"], "reason": "duplicate_pair_id",
+                                "detail": f"pair_id={r['pair_id']}: an earlier copy is kept in {split}/",
+                                "raw": truncate_raw(json.dumps(r, ensure_ascii=False))})
+                moved[f"{r['source']}:{split}"] += 1
+    if dropped:
+        fs.create_dir(f"{root}/quarantine", recursive=True)
+        pq.write_table(pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA), f"{root}/quarantine/duplicates.parquet",
+                       filesystem=fs)
+    return n_dup, moved
+
+
 def run_prepare(cfg: PrepareConfig) -> dict:
     """Run the stage; returns (and writes to ``summary.json``) the counts."""
     if not cfg.sources:
         raise ConfigError("config error: sources: at least one source is required")
     require(cfg, "output_dir")
+    # Every input file is checked from metadata before Ray starts: fail (one line) or set bad files aside.
+    checks = [check_source(s, cfg, i) for i, s in enumerate(cfg.sources)]
+    bad_files = [(s, b) for s, c in zip(cfg.sources, checks) if c for b in c.bad]
     init_ray(cfg.ray)
     for split in (*SPLITS, "quarantine"):
         io.rmtree(io.join(cfg.output_dir, split))
-    datasets = [read_source(s, cfg) for s in cfg.sources]
+    write_bad_files(cfg.output_dir, [b for _, b in bad_files])
+    usable = [(s, c) for s, c in zip(cfg.sources, checks) if c is None or c.files]
+    if not usable:
+        raise ConfigError(f"input error: no readable input file in any source ({len(bad_files)} quarantined, "
+                          f"see {io.join(cfg.output_dir, 'quarantine')})")
+    datasets = [read_source(s, cfg, c) for s, c in usable]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     sink = SplitParquetSink(cfg.output_dir)
     ds.write_datasink(sink)
-    c = sink.counts
+    c = Counter(sink.counts)
+    n_dup, moved = dedupe_splits(cfg.output_dir, drop=cfg.duplicates == "drop")
+    for key, n in moved.items():  # dropped copies: from their split to the quarantine, with a reason
+        name, split = key.rsplit(":", 1)
+        c[split] -= n
+        c[f"source:{name}:{split}"] -= n
+        c["quarantine"] += n
+        c[f"source:{name}:quarantine"] += n
+        c["reason:duplicate_pair_id"] += n
+    for _, b in bad_files:
+        c[f"reason:{b.reason}"] += 1
     kept = sum(c.get(s, 0) for s in SPLITS)
     summary = {
         "rows_in": kept + c.get("quarantine", 0),
         "kept": kept,
-        "quarantined": c.get("quarantine", 0),
+        "quarantined": c.get("quarantine", 0),  # rows; rows_in = kept + quarantined
         "splits": {s: c.get(s, 0) for s in SPLITS},
-        "quarantine_reasons": {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("reason:")},
+        # every record under quarantine/ by reason: rows, and whole files (unreadable_file, missing_columns, ...)
+        "quarantine_reasons": {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("reason:") and v},
+        "duplicate_pairs": n_dup,  # rows repeating an earlier pair_id (dropped unless duplicates=keep)
+        "duplicates": cfg.duplicates,
+        "files_quarantined": len(bad_files),
+        "bad_files": [{"source": s.label, "path": b.path, "reason": b.reason, "detail": b.detail} for s, b in bad_files[:100]],
         "per_source": {},
         "output_dir": cfg.output_dir,
     }
     for k, v in c.items():
-        if k.startswith("source:"):
-            _, name, split = k.split(":", 2)
+        if k.startswith("source:") and v:
+            name, split = k[len("source:"):].rsplit(":", 1)
             summary["per_source"].setdefault(name, {})[split] = v
     io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
     return summary
@@ -167,8 +262,14 @@ def format_summary(s: dict) -> str:
     if s["quarantine_reasons"]:
         lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
                      + f"  (see {s['output_dir']}/quarantine/)")
+    if s.get("files_quarantined"):
+        lines.append(f"  bad input files: {s['files_quarantined']} quarantined whole "
+                     f"(see {s['output_dir']}/quarantine/files.parquet)")
+    if s.get("duplicate_pairs"):
+        verb = "dropped" if s.get("duplicates") == "drop" else "kept"
+        lines.append(f"  duplicate pairs (same pair_id): {s['duplicate_pairs']} {verb}")
     lines.append(f"  output: {s['output_dir']}/{{labeled,unlabeled,validation,test}}/*.parquet")
     return "\n".join(lines)
 
 
-__all__ = ["run_prepare", "format_summary", "JsonLinesDatasource", "SplitParquetSink", "BATCH_SCHEMA"]
+__all__ = ["run_prepare", "format_summary", "dedupe_splits", "JsonLinesDatasource", "SplitParquetSink", "BATCH_SCHEMA"]
