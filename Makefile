@@ -13,4 +13,5 @@ demo: install
 	$(VENV)/bin/cwpo demo
 
 test: install
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 timeout 2700 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests

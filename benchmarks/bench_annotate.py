@@ -105,7 +105,8 @@ def bench_core(a) -> None:
     scorer = HFScorer("<built in memory>", device=a.device, max_tokens=a.max_tokens, max_batch_tokens=a.max_batch_tokens,
                       max_batch_size=a.max_batch_size, compile=a.compile, model=model, tokenizer=object())
     scorer.pad_id = pad
-    print(f"device={a.device} ({torch.cuda.get_device_name() if a.device.startswith('cuda') else 'cpu, %d threads' % torch.get_num_threads()}) "
+    where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device={a.device} ({where}) "
           f"shape={a.shape} dtype={dtype} pairs={a.pairs} mix={a.mix} max_tokens={a.max_tokens} "
           f"mean len={lengths.mean():.0f} p50={np.median(lengths):.0f} p99={np.percentile(lengths, 99):.0f} "
           f"torch={torch.__version__}")

@@ -12,7 +12,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
 # ---- one vocabulary: every config and core function uses these names ----------------------------------
 Loss = Literal["dpo", "ipo", "rdpo"]  # the per-pair preference loss ℓ (student/losses.py)
 # per-pair weight w of mean(w·ℓ) (student/losses.py): confidence = C1 = 2(σ(Δ)−½), none = 1 (WS-DPO),

@@ -44,9 +44,8 @@ def run_seed(seed: int, run_dir: Path) -> dict:
 
 
 def aggregate(per_seed: dict[int, dict], out: Path) -> str:
-    import numpy as np
-
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -28,9 +28,8 @@ def test_vllm_backend_matches_hf_backend(synthetic_assets, tmp_path):
     import torch
 
     from cwpo_ray.annotator.scoring import HFScorer, encode_texts, load_scorer_model, load_tokenizer
-    from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
-
     from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm
+    from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
 
     # A tiny Qwen2ForSequenceClassification with a non-trivial (seeded) head. vLLM's CPU attention
     # supports head sizes 32, 64, 80, … only: 2 heads of 32, the synthetic weak_base's shape.

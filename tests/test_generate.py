@@ -9,8 +9,7 @@ import pytest
 
 from cwpo_ray.config import ConfigError, build_config
 from cwpo_ray.generate.config import GenerateConfig
-from cwpo_ray.generate.core import (CANDIDATE_SCHEMA, candidate_pairs, expand_requests, pair_candidates, prompt_id,
-                                    request_seed)
+from cwpo_ray.generate.core import CANDIDATE_SCHEMA, candidate_pairs, expand_requests, pair_candidates, prompt_id, request_seed
 from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, pair_id, validate_pair
 
 # vLLM CPU in tests: small KV cache, no torch.compile (CPU attention also needs head_dim >= 32).
@@ -42,7 +41,7 @@ def tune_tiny_lm(base: str, pairs_jsonl: str, out: str, steps: int = 40, seed: i
     mask = (labels != -100) | (torch.arange(width)[None] < torch.tensor(starts)[:, None])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, len(seqs), (48,))
         loss = model(input_ids=ids[idx], attention_mask=mask[idx].long(), labels=labels[idx]).loss
         opt.zero_grad()

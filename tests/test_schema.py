@@ -5,7 +5,7 @@ from cwpo_ray.schema import assign_split, pair_id, validate_pair
 
 def test_pair_id_is_stable_and_order_free():
     a = pair_id("p", "x", "y")
-    assert a == pair_id("p", "y", "x") == "%s" % a
+    assert a == pair_id("p", "y", "x") == str(a)
     assert len(a) == 16 and int(a, 16) >= 0
     assert a != pair_id("p2", "x", "y") and a != pair_id("p", "x", "z")
     # no ambiguity from concatenation

@@ -8,8 +8,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from cwpo_ray.student.losses import (dpo_loss, ipo_loss, pair_weights, preference_loss, robust_dpo_loss,
-                                     top_fraction_threshold, weighted_mean)
+from cwpo_ray.student.losses import (
+    dpo_loss,
+    ipo_loss,
+    pair_weights,
+    preference_loss,
+    robust_dpo_loss,
+    top_fraction_threshold,
+    weighted_mean,
+)
 
 DELTA = [1.0, -0.5, 2.0]
 BETA = 0.5

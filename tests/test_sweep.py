@@ -47,7 +47,8 @@ def test_sweep_2x2_on_synthetic_task(tmp_path, ray_session):
     cfg = build_config(SweepConfig, {
         "output_dir": str(tmp_path / "sweep"), "beta": [0.1, 0.5], "weighting": ["confidence", "none"],
         # the session's Ray has 2 CPUs and the trial driver holds 0.01: workers take half a CPU each here
-        "pipeline": {"synthetic": {"task": {"num_pairs": 600}, "pretrain": {"num_texts": 512, "epochs": 1}}, "annotator": {"epochs": 1, "cpus_per_worker": 0.5},
+        "pipeline": {"synthetic": {"task": {"num_pairs": 600}, "pretrain": {"num_texts": 512, "epochs": 1}},
+                     "annotator": {"epochs": 1, "cpus_per_worker": 0.5},
                      "sft": {"epochs": 1, "cpus_per_worker": 0.5}, "align": {"epochs": 1, "cpus_per_worker": 0.5},
                      "evaluate": {"max_prompts": 12, "num_bootstrap": 200}},
     })

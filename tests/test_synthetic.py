@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 
 from cwpo_ray.synthetic.task import (
-    Prompt, SyntheticGoldReward, SyntheticTask, SyntheticTaskConfig, agreement_for_temperature, expected_label_noise,
-    gold_reward, label_statistics, parse_prompt, word_weight,
+    Prompt,
+    SyntheticGoldReward,
+    SyntheticTask,
+    SyntheticTaskConfig,
+    agreement_for_temperature,
+    expected_label_noise,
+    gold_reward,
+    label_statistics,
+    parse_prompt,
+    word_weight,
 )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -171,6 +171,8 @@ class HFScorer:
         self.pad_id = self.model.config.pad_token_id
         self._forward = last_token_scores
         if compile:
+            import torch
+
             self._forward = torch.compile(last_token_scores, dynamic=True)
 
     def score_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:

@@ -6,7 +6,7 @@ are unit-tested on small files written in each source's real format.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
