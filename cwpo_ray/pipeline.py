@@ -21,9 +21,9 @@ from pydantic import Field, model_validator
 
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
 from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, Weighting, dump_config, updated
-from cwpo_ray.layout import RunLayout
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.generate.config import GenerateConfig
+from cwpo_ray.layout import RunLayout
 from cwpo_ray.manifest import Manifest
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
 from cwpo_ray.student.config import AlignConfig, SFTConfig

@@ -1,8 +1,12 @@
-"""Builds LABELED_SCHEMA parquet (what `annotate` writes) from the synthetic task for student tests."""
+"""Test aids for the training stages: LABELED_SCHEMA parquet (what `annotate` writes) built from the
+synthetic task, and :class:`KillWorker`, a worker hook that crashes one Ray Train worker."""
 from __future__ import annotations
 
 import glob
 import math
+import os
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +39,25 @@ def labeled_from_prepared(prepared_dir: str, out_dir: str, splits=("labeled", "u
                     "score_chosen": max(sa, sb), "score_rejected": min(sa, sb),
                     "confidence": 2 * (1 / (1 + math.exp(-d)) - 0.5),
                     "human_label_agrees": None if r["human_label"] is None else (r["human_label"] == "a") == a_wins})
-    import os
-
     os.makedirs(out_dir, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(out, schema=LABELED_SCHEMA), f"{out_dir}/part-00000.parquet")
     return out_dir
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    """A ``worker_hooks`` entry for :func:`cwpo_ray.train.trainer.fit`: worker ``rank`` exits hard after
+    optimizer step ``step`` of a fresh (not resumed) run, so Ray Train restarts the worker group from
+    the latest checkpoint (needs ``max_failures >= 1``)."""
+
+    step: int
+    rank: int = 0
+    # Ray Train V2's controller registers a reported checkpoint when it next polls the workers
+    # (every 2 s): a crash sooner than that after the report restarts from the checkpoint before it.
+    delay_s: float = 4.0
+
+    def __call__(self, step: int, rank: int, resumed: bool) -> None:
+        if not resumed and step == self.step and rank == self.rank:
+            print(f"KillWorker: rank {rank} exits after step {step} in {self.delay_s}s", flush=True)
+            time.sleep(self.delay_s)
+            os._exit(1)

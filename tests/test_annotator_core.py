@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from cwpo_ray.annotator.losses import bradley_terry_loss, confidence, orient
-from cwpo_ray.annotator.metrics import (accuracy, evaluate_pairs, expected_calibration_error,
-                                        top_confident_accuracy)
+from cwpo_ray.annotator.metrics import accuracy, evaluate_pairs, expected_calibration_error, top_confident_accuracy
 from cwpo_ray.annotator.scoring import encode_texts, pad_batch, plan_batches
 
 
@@ -94,11 +93,18 @@ def test_configs_fail_fast_naming_the_field():
     from cwpo_ray.config import ConfigError, build_config
 
     d = build_config(AnnotatorTrainConfig, {})
-    assert (d.epochs, d.lr, d.batch_size, d.max_tokens) == (5, 1e-5, 32, 512)  # paper defaults
+    # paper defaults: 5 epochs, lr 1e-5, batch 32 (1 worker), 512 tokens, constant lr after the warm-up
+    assert (d.epochs, d.lr, d.batch_size * d.num_workers * d.grad_accum, d.max_length) == (5, 1e-5, 32, 512)
+    assert (d.lr_scheduler, d.warmup_ratio, d.warmup_steps) == ("constant_with_warmup", 0.0, None)
     with pytest.raises(ConfigError, match=r"^config error: lr: .*greater than 0"):
         build_config(AnnotatorTrainConfig, {}, ["lr=-1"])
-    with pytest.raises(ConfigError, match=r"^config error: strategy: "):
-        build_config(AnnotatorTrainConfig, {"strategy": "fsdp"})
+    for old in ("strategy", "max_tokens", "bf16", "log_every", "fault_injection"):  # shared names only
+        with pytest.raises(ConfigError, match=rf"^config error: {old}: unknown field"):
+            build_config(AnnotatorTrainConfig, {old: 1})
+    with pytest.raises(ConfigError, match=r"^config error: zero_stage: "):
+        build_config(AnnotatorTrainConfig, {"zero_stage": 4})
+    with pytest.raises(ConfigError, match="lora with zero_stage=3"):
+        build_config(AnnotatorTrainConfig, {"zero_stage": 3, "lora": {}})
     with pytest.raises(ConfigError, match=r"^config error: bogus: unknown field"):
         build_config(AnnotateConfig, {"bogus": 1})
     with pytest.raises(ConfigError, match="min_actors"):

@@ -60,10 +60,13 @@ def test_paper_config(name):
     assert cfg.annotator.model == weak and cfg.sft.model == student
     assert WEAK_SIZE[weak] < STUDENT_SIZE[student]
     assert weak.split("/")[0] == student.split("/")[0]
-    assert (cfg.annotator.epochs, cfg.annotator.lr, cfg.annotator.batch_size) == (5, 1e-5, 32)
+    an = cfg.annotator  # the paper's batch of 32 pairs per optimizer step, split over the workers
+    assert (an.epochs, an.lr, an.batch_size * an.num_workers * an.grad_accum) == (5, 1e-5, 32)
+    assert an.max_length == (1024 if dataset == "tldr" else 512)
+    assert an.lr_scheduler == "constant_with_warmup" and an.warmup_ratio == 0.0
 
     # GPU settings
-    assert cfg.annotator.use_gpu and cfg.annotator.bf16
+    assert cfg.annotator.use_gpu and cfg.annotator.precision == "bf16"
     assert cfg.annotate.gpus_per_actor == 1 and cfg.annotate.min_actors <= cfg.annotate.max_actors
     big = STUDENT_SIZE[student] > 7
     for stage in (cfg.sft, cfg.align):

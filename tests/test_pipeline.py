@@ -12,7 +12,8 @@ from cwpo_ray.config import ConfigError, load_config
 from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig
 
 SMALL = [
-    "synthetic.task.num_pairs=800", "synthetic.pretrain.num_texts=1024", "synthetic.pretrain.epochs=1", "annotator.epochs=2", "sft.epochs=1", "align.epochs=1",
+    "synthetic.task.num_pairs=800", "synthetic.pretrain.num_texts=1024", "synthetic.pretrain.epochs=1",
+    "annotator.epochs=2", "sft.epochs=1", "align.epochs=1",
     "methods={cw-dpo: {labels: weak, weighting: confidence}}", "evaluate.max_prompts=16",
     "evaluate.num_bootstrap=200", "generate.max_prompts=8",
 ]

@@ -1,12 +1,13 @@
 """The two annotator configs. Class defaults are the paper's (5 epochs, lr 1e-5, batch 32, 512 tokens);
-the tiny synthetic models need a higher lr (see jobs/configs/annotator.demo.yaml)."""
+the tiny synthetic models need a higher lr (see jobs/configs/train-annotator.demo.yaml)."""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import LoraSettings, OnBadFile, RayConfig, StrictModel
+from cwpo_ray.config import OnBadFile, RayConfig, StrictModel
+from cwpo_ray.train.config import TrainConfig
 
 
 def local_abspath(value: str | None, must_exist: bool = False) -> str | None:
@@ -19,37 +20,28 @@ def local_abspath(value: str | None, must_exist: bool = False) -> str | None:
     return os.path.abspath(value)
 
 
-class AnnotatorTrainConfig(StrictModel):
-    """`cwpo train-annotator`: Bradley–Terry training of a scalar-head LM on Ray Train."""
+class AnnotatorTrainConfig(TrainConfig):
+    """`cwpo train-annotator`: Bradley–Terry training of a scalar-head LM (``AutoModelForSequenceClassification``,
+    num_labels=1) with the shared training loop (Ray Train + DeepSpeed, see :class:`TrainConfig`).
+
+    Paper defaults: 5 epochs, lr 1e-5, batch 32 pairs, 512 tokens, constant lr after a linear warm-up.
+    """
 
     model: str | None = None  # hub id or local folder of a causal LM / sequence classifier; pipeline: weak_base
-    data_dir: str | None = None  # output of `prepare`: reads {data_dir}/labeled and {data_dir}/test
-    output_dir: str | None = None  # writes {output_dir}/model (save_pretrained), plots, summary.json
-    epochs: int = Field(default=5, gt=0)
+    data_dir: str | None = None  # output of `prepare`: trains on {data_dir}/labeled, evaluates on {data_dir}/validation
+    output_dir: str | None = None  # writes {output_dir}/model (save_pretrained), plots, summary.json, metrics.jsonl
+    epochs: float = Field(default=5, gt=0)
     lr: float = Field(default=1e-5, gt=0.0)
-    batch_size: int = Field(default=32, gt=0)  # global pairs per optimizer step (split over workers)
-    max_tokens: int = Field(default=512, gt=1)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # linear warm-up, then constant
-    max_grad_norm: float | None = Field(default=1.0, gt=0.0)
-    max_train_pairs: int | None = Field(default=None, gt=0)
-    seed: int = 0
-    # Ray Train
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "constant_with_warmup"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=32, gt=0)  # pairs per worker per micro-step (1 worker: the paper's 32)
     num_workers: int = Field(default=1, gt=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0.0)
-    strategy: Literal["ddp", "deepspeed"] = "ddp"
-    zero_stage: Literal[0, 1, 2, 3] = 2  # DeepSpeed ZeRO stage (strategy=deepspeed)
-    bf16: bool = True  # on GPU: bf16 autocast (DDP) / bf16 engine (DeepSpeed); CPU always fp32
-    lora: LoraSettings | None = None
-    max_failures: int = Field(default=0, ge=0)  # Ray Train restarts from the last checkpoint
-    keep_checkpoints: int = Field(default=2, gt=0)
-    log_every: int = Field(default=10, gt=0)  # optimizer steps between progress lines
-    # Held-out evaluation
+    zero_stage: int = Field(default=0, ge=0, le=3)  # 0 = plain data parallel; 1-3 shard optimizer / grads / weights
+    shuffle_buffer: int = Field(default=4096, ge=0)  # pairs; reshuffled every epoch
+    max_train_pairs: int | None = Field(default=None, gt=0)  # train on the first N usable labeled pairs
+    # Held-out evaluation (the validation split)
     eval_max_batch_tokens: int = Field(default=16384, gt=0)
     calibration_bins: int = Field(default=10, gt=1)
-    trust_remote_code: bool = False
-    ray: RayConfig = Field(default_factory=RayConfig)
 
 
 class AnnotateConfig(StrictModel):
@@ -80,4 +72,7 @@ class AnnotateConfig(StrictModel):
     def _actors(self):
         if self.min_actors > self.max_actors:
             raise ValueError(f"min_actors ({self.min_actors}) > max_actors ({self.max_actors})")
+        hf_only = sorted({"max_batch_tokens", "max_batch_size", "compile"} & self.model_fields_set)
+        if self.backend == "vllm" and hf_only:
+            raise ValueError(f"{hf_only[0]}: an option of backend=hf only (vLLM batches by itself)")
         return self

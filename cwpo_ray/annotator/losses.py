@@ -1,4 +1,5 @@
-"""The two formulas CW-PO rests on, a few lines each (torch; numpy inputs also work via torch.as_tensor)."""
+"""The two formulas CW-PO rests on, a few lines each (torch; numpy inputs also work via torch.as_tensor),
+and the annotator's per-batch training step :func:`bt_loss` (used by the shared loop in :mod:`cwpo_ray.train`)."""
 from __future__ import annotations
 
 import torch
@@ -31,3 +32,18 @@ def orient(score_a, score_b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = torch.as_tensor(score_b, dtype=torch.float64)
     a_wins = a >= b
     return a_wins, torch.where(a_wins, a, b), torch.where(a_wins, b, a)
+
+
+def bt_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """The annotator's training step core: Bradley–Terry loss of one batch of B pairs.
+
+    ``batch["input_ids"]`` / ``["attention_mask"]`` are [2B, L]: the B chosen texts then the B
+    rejected ones; ``model`` is a num_labels=1 sequence classifier (or a wrapper that forwards to it,
+    e.g. a DeepSpeed engine). Returns (loss, {loss, accuracy, margin}).
+    """
+    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    s_c, s_r = scores.chunk(2)
+    loss = bradley_terry_loss(s_c, s_r)
+    with torch.no_grad():
+        metrics = {"loss": loss.detach(), "accuracy": (s_c > s_r).float().mean(), "margin": (s_c - s_r).mean()}
+    return loss, metrics

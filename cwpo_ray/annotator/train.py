@@ -1,19 +1,18 @@
-"""`cwpo train-annotator`: Bradley–Terry training of the weak annotator on Ray Train.
+"""`cwpo train-annotator`: Bradley–Terry training of the weak annotator on Ray Train, then a held-out
+evaluation on the validation split.
 
-Pure core (no Ray): :func:`read_pairs`, :func:`labeled_pairs`, :class:`BTBatcher`, :func:`bt_step`.
-Ray wrapper: :func:`train_loop_per_worker` under a ``TorchTrainer`` (DDP via ``prepare_model``, or
-DeepSpeed ZeRO when ``strategy=deepspeed``), one Ray Train checkpoint per epoch (``save_pretrained``
-model + tokenizer, optimizer state), then a held-out evaluation in the driver.
+Pure cores: :func:`cwpo_ray.annotator.losses.bt_loss` (the training step) and
+:func:`cwpo_ray.annotator.metrics.evaluate_pairs` (accuracy, ECE, top-N% curve). Ray wrappers: the
+labeled split read with Ray Data (the student stages' reader: bad rows quarantined with a reason),
+the package's one training loop (:mod:`cwpo_ray.train`, task :class:`~cwpo_ray.train.tasks.BTTask`:
+DeepSpeed ZeRO 0-3, LoRA, checkpoints and resume) and the evaluation in the driver.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -21,248 +20,66 @@ import pyarrow.parquet as pq
 
 from cwpo_ray import io
 from cwpo_ray.annotator.config import AnnotatorTrainConfig, local_abspath
-from cwpo_ray.annotator.losses import bradley_terry_loss
-from cwpo_ray.annotator.scoring import encode_texts, load_scorer_model, load_tokenizer, pad_batch
 from cwpo_ray.config import ConfigError, require
 from cwpo_ray.schema import PAIR_SCHEMA, validate_pair
 
 log = logging.getLogger(__name__)
 
+TRAIN_SPLIT = "labeled"
+EVAL_SPLIT = "validation"  # the test split is for the final evaluation only
 
-# ----------------------------------------------------------------------------------------- pure core
+
 def read_pairs(path: str) -> pa.Table:
     """All rows of a parquet file or folder (``*.parquet``) in PAIR_SCHEMA order."""
     fs, p = io.resolve(path)
     info = fs.get_file_info(p)
     if info.type.name == "NotFound":
-        raise ConfigError(f"config error: data: {path!r} does not exist")
+        raise ConfigError(f"config error: data_dir: {path!r} does not exist")
     table = pq.read_table(p, filesystem=fs) if info.type.name == "File" else pq.ParquetDataset(p, filesystem=fs).read()
     return table.select(PAIR_SCHEMA.names)
 
 
-def labeled_pairs(table: pa.Table) -> tuple[dict[str, list[str]], Counter]:
-    """(prompt, chosen, rejected) of the human-labeled rows, and a Counter of quarantine reasons for
-    rows that cannot be trained on (never dropped silently: the counts go to the summary)."""
-    out = {"pair_id": [], "prompt": [], "chosen": [], "rejected": []}
-    bad: Counter = Counter()
-    for r in table.to_pylist():
-        reason = validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"])
-        if reason is None and r["human_label"] is None:
-            reason = "no_human_label"
-        if reason:
-            bad[reason] += 1
-            continue
-        a_wins = r["human_label"] == "a"
-        out["pair_id"].append(r["pair_id"])
-        out["prompt"].append(r["prompt"])
-        out["chosen"].append(r["response_a"] if a_wins else r["response_b"])
-        out["rejected"].append(r["response_b"] if a_wins else r["response_a"])
-    return out, bad
+class _HumanPairs:
+    """``cfg`` seen by :func:`cwpo_ray.student.stage.load_pairs` as human-labeled pairs (PAIR_SCHEMA)
+    in ``{data_dir}/labeled``; every other attribute is the annotator config's."""
+
+    data_format = "pairs"
+
+    def __init__(self, cfg: AnnotatorTrainConfig):
+        self._cfg = cfg
+        self.data_dir = io.join(cfg.data_dir, TRAIN_SPLIT)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # e.g. during unpickling, before _cfg is set
+            raise AttributeError(name)
+        return getattr(self._cfg, name)
 
 
-class BTBatcher:
-    """Pre-tokenized pairs -> right-padded [2B, L] batches: rows [0, B) chosen, [B, 2B) rejected."""
+def load_training_pairs(cfg: AnnotatorTrainConfig) -> tuple:
+    """(prompt, chosen, rejected) of the labeled split's human-labeled pairs as a materialized Ray
+    Dataset, and the counts (rows without a usable label or with bad text are quarantined)."""
+    from cwpo_ray.student.stage import load_pairs
 
-    def __init__(self, tokenizer, pairs: dict[str, list[str]], max_tokens: int, pad_id: int):
-        self.chosen, t1 = encode_texts(tokenizer, pairs["prompt"], pairs["chosen"], max_tokens)
-        self.rejected, t2 = encode_texts(tokenizer, pairs["prompt"], pairs["rejected"], max_tokens)
-        self.truncated = t1 + t2
-        self.pad_id = pad_id
-
-    def __len__(self) -> int:
-        return len(self.chosen)
-
-    def batch(self, idx):
-        ids = [self.chosen[i] for i in idx] + [self.rejected[i] for i in idx]
-        input_ids, attention_mask, _ = pad_batch(ids, self.pad_id)
-        return input_ids, attention_mask
+    ds, counts = load_pairs(_HumanPairs(cfg), needs_scores=False)
+    n = counts["rows_used"]
+    if cfg.max_train_pairs and cfg.max_train_pairs < n:
+        ds, n = ds.limit(cfg.max_train_pairs), cfg.max_train_pairs
+    # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
+    return ds.select_columns(["pair_id", "prompt", "chosen", "rejected"]).materialize(), {**counts, "train_pairs": n}
 
 
-def bt_step(model, input_ids, attention_mask):
-    """One forward: (loss, accuracy, mean margin) of a [2B, L] chosen/rejected batch.
-
-    The HF forward (not the inner base model) is called so DDP / DeepSpeed wrappers see it.
-    """
-    scores = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-    s_c, s_r = scores.chunk(2)
-    loss = bradley_terry_loss(s_c, s_r)
-    return loss, (s_c > s_r).float().mean(), (s_c - s_r).mean()
-
-
-def epoch_shard(n: int, seed: int, epoch: int, rank: int, world: int, batch_size: int) -> list[np.ndarray]:
-    """This rank's per-step index batches for an epoch: a seeded permutation, equal step counts on all
-    ranks (the last partial global batch is dropped so every rank steps together)."""
-    per_rank = max(1, batch_size // world)
-    perm = np.random.default_rng(seed + epoch).permutation(n)
-    steps = n // (per_rank * world)
-    if steps == 0:
-        raise ValueError(f"{n} training pairs are fewer than one global batch ({per_rank * world})")
-    mine = perm[: steps * per_rank * world].reshape(steps, world, per_rank)[:, rank]
-    return list(mine)
-
-
-def _unwrap(model):
-    m = getattr(model, "module", model)  # DDP / DeepSpeed engine
-    return m
-
-
-def save_model(model, tokenizer, out_dir: str, lora: bool = False, state_dict=None) -> None:
-    """``save_pretrained`` model + tokenizer (LoRA merged), loadable by AutoModelForSequenceClassification."""
-    m = _unwrap(model)
-    if lora:
-        m = m.merge_and_unload() if state_dict is None else m
-    m.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-
-
-# ------------------------------------------------------------------------------------- Ray Train loop
-def train_loop_per_worker(c: dict) -> None:
-    """Runs on every Ray Train worker. ``c`` = AnnotatorTrainConfig.model_dump() + resolved paths."""
-    import copy
-
-    import ray.train
-    import torch
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(c["seed"])
-    if c["use_gpu"]:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, int(c["cpus_per_worker"])))
-
-    tok = load_tokenizer(c["model"], c["trust_remote_code"])
-    model = load_scorer_model(c["model"], tok, dtype=torch.float32, device="cpu", trust_remote_code=c["trust_remote_code"])
-    start_epoch = 0
-    ckpt = ray.train.get_checkpoint()
-    opt_state = None
-    if ckpt:  # resume after a failure: weights (+ optimizer for DDP) of the last finished epoch
-        with ckpt.as_directory() as d:
-            meta = json.loads(open(os.path.join(d, "meta.json")).read())
-            start_epoch = meta["epoch"] + 1
-            model = load_scorer_model(os.path.join(d, "model"), tok, dtype=torch.float32, device="cpu")
-            if os.path.exists(os.path.join(d, f"optimizer-rank{rank}.pt")):
-                opt_state = torch.load(os.path.join(d, f"optimizer-rank{rank}.pt"), map_location="cpu")
-        if rank == 0:
-            print(f"[train-annotator] resuming at epoch {start_epoch + 1}", flush=True)
-    model.train()
-    if c["lora"] and not ckpt:
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        lc = c["lora"]
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lc["r"], lora_alpha=lc["alpha"],
-                                                 lora_dropout=lc["dropout"], target_modules=lc["target_modules"]))
-
-    table = read_pairs(c["train_path"])
-    pairs, _ = labeled_pairs(table)
-    if c["max_train_pairs"]:
-        pairs = {k: v[: c["max_train_pairs"]] for k, v in pairs.items()}
-    batcher = BTBatcher(tok, pairs, c["max_tokens"], model.config.pad_token_id)
-    steps_per_epoch = len(epoch_shard(len(batcher), c["seed"], 0, rank, world, c["batch_size"]))
-    total_steps = steps_per_epoch * c["epochs"]
-    warmup = int(c["warmup_ratio"] * total_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    use_bf16 = c["bf16"] and device.type == "cuda"
-    deepspeed_engine = None
-
-    if c["strategy"] == "deepspeed":
-        import deepspeed
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no 33 s JIT build (see NOTES)
-        ds_cfg = {
-            "train_micro_batch_size_per_gpu": max(1, c["batch_size"] // world),
-            "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": c["zero_stage"]},
-            "bf16": {"enabled": use_bf16},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-        }
-        if c["max_grad_norm"]:
-            ds_cfg["gradient_clipping"] = c["max_grad_norm"]
-        model.to(device)
-        deepspeed_engine, optimizer, _, sched = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                     lr_scheduler=sched, config=ds_cfg)
-        model = deepspeed_engine
-    else:
-        import ray.train.torch
-
-        model = ray.train.torch.prepare_model(model) if (world > 1 or device.type == "cuda") else model.to(device)
-        if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
-            for _ in range(start_epoch * steps_per_epoch):
-                sched.step()
-
-    if rank == 0:
-        print(f"[train-annotator] {len(batcher)} pairs, {world} worker(s), {steps_per_epoch} steps/epoch × "
-              f"{c['epochs']} epochs, strategy={c['strategy']}, device={device}", flush=True)
-    t_start = time.time()
-    for epoch in range(start_epoch, c["epochs"]):
-        t0 = time.time()
-        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-        steps = epoch_shard(len(batcher), c["seed"], epoch, rank, world, c["batch_size"])
-        for step, idx in enumerate(steps):
-            input_ids, attention_mask = batcher.batch(idx)
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and deepspeed_engine is None):
-                loss, acc, margin = bt_step(model, input_ids, attention_mask)
-            if deepspeed_engine is not None:
-                deepspeed_engine.backward(loss)
-                deepspeed_engine.step()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c["max_grad_norm"]:
-                    torch.nn.utils.clip_grad_norm_(params, c["max_grad_norm"])
-                optimizer.step()
-                sched.step()
-            for k, v in (("loss", loss), ("accuracy", acc), ("margin", margin)):
-                sums[k] += float(v.detach())
-            if rank == 0 and ((step + 1) % c["log_every"] == 0 or step + 1 == len(steps)):
-                done = epoch * len(steps) + step + 1
-                print(f"[train-annotator] epoch {epoch + 1}/{c['epochs']} step {step + 1}/{len(steps)} "
-                      f"loss {sums['loss'] / (step + 1):.4f} acc {sums['accuracy'] / (step + 1):.3f} "
-                      f"({100 * done / total_steps:.0f}%, {time.time() - t_start:.0f}s)", flush=True)
-        metrics = {k: v / len(steps) for k, v in sums.items()}
-        metrics.update(epoch=epoch + 1, epoch_seconds=time.time() - t0,
-                       pairs_per_s=len(steps) * max(1, c["batch_size"] // world) * world / (time.time() - t0))
-        # Checkpoint: rank 0 writes the HF model (+ tokenizer); each rank its optimizer state (DDP).
-        with tempfile.TemporaryDirectory() as d:
-            state_dict = None
-            if deepspeed_engine is not None and c["zero_stage"] == 3:
-                state_dict = deepspeed_engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks
-            if rank == 0:
-                m = _unwrap(model)
-                if c["lora"]:
-                    m = copy.deepcopy(m).merge_and_unload()
-                save_model(m, tok, os.path.join(d, "model"), lora=False, state_dict=state_dict)
-                with open(os.path.join(d, "meta.json"), "w") as f:
-                    json.dump({"epoch": epoch, **metrics}, f)
-            if deepspeed_engine is None and not c["lora"]:
-                torch.save(optimizer.state_dict(), os.path.join(d, f"optimizer-rank{rank}.pt"))
-            has_files = bool(os.listdir(d))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if has_files else None)
-
-
-# ---------------------------------------------------------------------------------------- the stage
-def _split_dir(cfg: AnnotatorTrainConfig, split: str) -> str:
-    return io.join(cfg.data_dir, split)
-
-
-def evaluate_annotator(model_dir: str, test_path: str, out_dir: str, max_tokens: int = 512,
+def evaluate_annotator(model_dir: str, eval_path: str, out_dir: str, max_length: int = 512,
                        max_batch_tokens: int = 16384, n_bins: int = 10, trust_remote_code: bool = False) -> dict:
     """Held-out evaluation (pure core + files): accuracy, ECE, top-N% curve, reliability plot PNG."""
     from cwpo_ray.annotator.metrics import evaluate_pairs, reliability_plot, top_confident_plot
     from cwpo_ray.annotator.scoring import HFScorer
 
-    table = read_pairs(test_path)
+    table = read_pairs(eval_path)
     rows = [r for r in table.to_pylist() if r["human_label"] in ("a", "b")
             and validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"]) is None]
-    scorer = HFScorer(model_dir, max_tokens=max_tokens, max_batch_tokens=max_batch_tokens, trust_remote_code=trust_remote_code)
+    if not rows:
+        raise ConfigError(f"config error: data_dir: no human-labeled pairs to evaluate on in {eval_path}")
+    scorer = HFScorer(model_dir, max_tokens=max_length, max_batch_tokens=max_batch_tokens, trust_remote_code=trust_remote_code)
     prompts = [r["prompt"] for r in rows]
     s_a, _ = scorer.score_texts(prompts, [r["response_a"] for r in rows])
     s_b, _ = scorer.score_texts(prompts, [r["response_b"] for r in rows])
@@ -275,88 +92,81 @@ def evaluate_annotator(model_dir: str, test_path: str, out_dir: str, max_tokens:
     return ev
 
 
-def run_train_annotator(cfg: AnnotatorTrainConfig) -> dict:
-    """Train on ``{data_dir}/labeled``, save ``{output_dir}/model``, evaluate on ``{data_dir}/test``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> dict:
+    """Train on ``{data_dir}/labeled``, save ``{output_dir}/model``, evaluate on ``{data_dir}/validation``.
+    ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     from cwpo_ray.runtime import init_ray
+    from cwpo_ray.train.tasks import BTTask
+    from cwpo_ray.train.trainer import fit, train_metrics
 
     require(cfg, "model", "data_dir", "output_dir")
     if "://" in cfg.output_dir:
         raise ConfigError("config error: output_dir: train-annotator writes a local/shared folder (got a URI)")
-    cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir)})
     out = os.path.abspath(cfg.output_dir)
+    cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),
+                                 "tokenizer": local_abspath(cfg.tokenizer, must_exist=True), "output_dir": out})
     os.makedirs(out, exist_ok=True)
-    train_path = _split_dir(cfg, "labeled")
-    table = read_pairs(train_path)
-    pairs, bad = labeled_pairs(table)
-    n_train = min(len(pairs["prompt"]), cfg.max_train_pairs or 10**18)
-    if n_train < cfg.batch_size:
-        raise ConfigError(f"config error: batch_size: {cfg.batch_size} > the {n_train} usable labeled pairs in {train_path}")
-
     init_ray(cfg.ray)
     t0 = time.time()
-    loop_cfg = cfg.model_dump(mode="json") | {"train_path": train_path}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
-        run_config=RunConfig(name="annotator", storage_path=os.path.join(out, "ray_train"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
-    )
-    result = trainer.fit()
-    train_seconds = time.time() - t0
-    if result.checkpoint is None:
-        raise RuntimeError("train-annotator: Ray Train finished without a checkpoint")
-    model_dir = os.path.join(out, "model")
-    with result.checkpoint.as_directory() as d:
-        if os.path.exists(model_dir):
-            shutil.rmtree(model_dir)
-        shutil.copytree(os.path.join(d, "model"), model_dir)
-    metrics = dict(result.metrics or {})
+    ds, counts = load_training_pairs(cfg)
+    n_train = counts["train_pairs"]
+    if n_train < cfg.batch_size * cfg.num_workers:
+        raise ConfigError(f"config error: batch_size: {cfg.batch_size} pairs x {cfg.num_workers} workers > the {n_train} "
+                          f"usable labeled pairs in {io.join(cfg.data_dir, TRAIN_SPLIT)}")
+    res = fit(BTTask(), cfg, ds, n_train, callbacks=callbacks, worker_hooks=worker_hooks)
+    hist = train_metrics(res["history"])
+    first, last = (hist[0], hist[-1]) if hist else ({}, {})
 
     t1 = time.time()
-    test = evaluate_annotator(model_dir, _split_dir(cfg, "test"), out, cfg.max_tokens, cfg.eval_max_batch_tokens,
-                              cfg.calibration_bins, cfg.trust_remote_code)
+    held_out = evaluate_annotator(res["model_dir"], io.join(cfg.data_dir, EVAL_SPLIT), out, cfg.max_length,
+                                  cfg.eval_max_batch_tokens, cfg.calibration_bins, cfg.trust_remote_code)
     summary = {
-        "model_dir": model_dir,
+        "model_dir": res["model_dir"],
         "base_model": cfg.model,
         "train_pairs": n_train,
-        "quarantined": sum(bad.values()),
-        "quarantine_reasons": dict(bad),
+        "quarantined": counts["quarantined"],
+        "quarantine_reasons": counts["quarantine_reasons"],
+        "files_quarantined": counts.get("files_quarantined", 0),  # unreadable / wrong-schema files (on_bad_file)
+        "bad_files": counts.get("bad_files", []),
         "epochs": cfg.epochs,
+        "epochs_trained": last.get("epoch", 0.0),  # differs from `epochs` when max_steps is set
+        "steps": last.get("step", 0),
         "workers": cfg.num_workers,
-        "strategy": cfg.strategy if cfg.strategy == "ddp" else f"deepspeed-zero{cfg.zero_stage}",
+        "zero_stage": cfg.zero_stage,
+        "strategy": f"deepspeed-zero{cfg.zero_stage}",
         "lora": cfg.lora is not None,
-        "train_loss": metrics.get("loss"),
-        "train_accuracy": metrics.get("accuracy"),
-        "train_pairs_per_s": metrics.get("pairs_per_s"),
-        "train_seconds": round(train_seconds, 2),
+        "first_train_loss": first.get("loss"),
+        "train_loss": last.get("loss"),
+        "first_train_accuracy": first.get("accuracy"),
+        "train_accuracy": last.get("accuracy"),
+        "train_pairs_per_s": float(np.mean([h["throughput"] for h in hist])) if hist else None,
+        "train_seconds": res["fit_seconds"],
         "eval_seconds": round(time.time() - t1, 2),
-        "checkpoint": result.checkpoint.path,
-        "test": test,
+        "seconds": round(time.time() - t0, 1),
+        "checkpoint": res["checkpoint"],
+        "resumed_from": max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
+        "held_out": {"split": EVAL_SPLIT, **held_out},
         "output_dir": out,
+        "history": hist,
     }
-    io.write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2))
+    io.write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, default=float))
     return summary
 
 
 def format_train_annotator(s: dict) -> str:
-    t = s["test"]
+    t = s["held_out"]
     curve = t["top_confident_accuracy"]
+    loss = f"BT loss {s['first_train_loss']:.4f} -> {s['train_loss']:.4f}, train acc {s['train_accuracy']:.3f}" \
+        if s.get("train_loss") is not None else "no training metrics"
     lines = [
-        f"train-annotator: {s['train_pairs']} labeled pairs ({s['quarantined']} quarantined), {s['epochs']} epochs on "
-        f"{s['workers']} worker(s) [{s['strategy']}{', LoRA' if s['lora'] else ''}] in {s['train_seconds']:.1f}s; "
-        f"final epoch loss {s['train_loss']:.4f}, train acc {s['train_accuracy']:.3f}",
-        f"  held-out ({t['pairs']} human-labeled pairs): accuracy {t['accuracy']:.3f}, ECE {t['ece']:.3f}, "
+        f"train-annotator: {s['train_pairs']} labeled pairs ({s['quarantined']} quarantined), {s.get('epochs_trained', s['epochs']):.2f} epochs "
+        f"({s['steps']} steps) on {s['workers']} worker(s) [DeepSpeed ZeRO-{s['zero_stage']}{', LoRA' if s['lora'] else ''}] "
+        f"in {s['train_seconds']:.1f}s; {loss}",
+        f"  held-out {t['split']} split ({t['pairs']} human-labeled pairs): accuracy {t['accuracy']:.3f}, ECE {t['ece']:.3f}, "
         f"top-10% {curve['top10']:.3f}, top-30% {curve['top30']:.3f}, top-50% {curve['top50']:.3f}",
         f"  model: {s['model_dir']}  plots: {t['reliability_png']}, {t['top_confident_png']}",
     ]
     return "\n".join(lines)
 
 
-__all__ = ["run_train_annotator", "format_train_annotator", "train_loop_per_worker", "evaluate_annotator",
-           "BTBatcher", "bt_step", "labeled_pairs", "read_pairs", "epoch_shard"]
+__all__ = ["run_train_annotator", "format_train_annotator", "evaluate_annotator", "load_training_pairs", "read_pairs"]

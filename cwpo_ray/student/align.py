@@ -2,7 +2,8 @@
 
 Pure core: :func:`cwpo_ray.student.steps.align_loss` (losses and weights in
 :mod:`cwpo_ray.student.losses`). Ray wrappers: an optional Ray Data pass that precomputes the
-reference log-probs once (:class:`RefLogprobScorer`), and the shared TorchTrainer + DeepSpeed loop.
+reference log-probs once (:class:`RefLogprobScorer`), and the package's one TorchTrainer + DeepSpeed
+loop (:mod:`cwpo_ray.train`, task :class:`~cwpo_ray.train.tasks.AlignTask`).
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import time
 import pyarrow as pa
 
 from cwpo_ray import io
+from cwpo_ray.config import require
 from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.config import AlignConfig
 from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encode_rows
-from cwpo_ray.config import require
-from cwpo_ray.student.stage import fit, load_pairs, train_metrics, with_weights, write_summary
+from cwpo_ray.student.stage import load_pairs, with_weights, write_summary
+from cwpo_ray.train.tasks import AlignTask
+from cwpo_ray.train.trainer import fit, train_metrics
 
 
 class RefLogprobScorer:
@@ -77,8 +80,9 @@ def precompute_reference(ds, cfg: AlignConfig):
     return out
 
 
-def run_align(cfg: AlignConfig, callbacks: list | None = None) -> dict:
-    """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``."""
+def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> dict:
+    """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
+    ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     require(cfg, "model", "data_dir", "output_dir")
     init_ray(cfg.ray)
     t0 = time.time()
@@ -92,15 +96,16 @@ def run_align(cfg: AlignConfig, callbacks: list | None = None) -> dict:
         ref_seconds = round(time.time() - t1, 1)
         cols += list(REF_COLUMNS)
     # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
-    res = fit("align", cfg, ds.select_columns(cols).materialize(), counts["rows_used"], has_ref_columns=cfg.reference_mode == "precomputed",
-              callbacks=callbacks)
+    res = fit(AlignTask(has_ref_columns=cfg.reference_mode == "precomputed"), cfg, ds.select_columns(cols).materialize(),
+              counts["rows_used"], callbacks=callbacks, worker_hooks=worker_hooks)
     hist = train_metrics(res["history"])
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
     summary = {
         "stage": "align", **counts, **{f"weights_{k}": v for k, v in wstats.items()},
         "loss_type": cfg.loss, "weighting": cfg.weighting, "beta": cfg.beta, "reduction": cfg.reduction,
         "reference_mode": cfg.reference_mode, "reference_seconds": ref_seconds,
-        "model_dir": res["model_dir"], "checkpoint": res["checkpoint"], "output_dir": cfg.output_dir, "zero_stage": cfg.zero_stage,
+        "model_dir": res["model_dir"], "checkpoint": res["checkpoint"], "output_dir": cfg.output_dir,
+        "zero_stage": cfg.zero_stage,
         "num_workers": cfg.num_workers, "steps": last.get("step", 0), "fit_seconds": res["fit_seconds"],
         "seconds": round(time.time() - t0, 1),
         **{f"first_{k}": first.get(k) for k in ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")},

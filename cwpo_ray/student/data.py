@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -1,28 +1,31 @@
 """`cwpo sft`: supervised fine-tuning of the student on (prompt, chosen), loss on response tokens only.
 
-Pure core: :func:`cwpo_ray.student.steps.sft_loss`. Ray wrapper: the shared TorchTrainer + DeepSpeed
-loop (:mod:`cwpo_ray.student.train_loop`). The saved model is the reference for `align` and the
-baseline for GRA.
+Pure core: :func:`cwpo_ray.student.steps.sft_loss`. Ray wrapper: the package's one TorchTrainer +
+DeepSpeed loop (:mod:`cwpo_ray.train`, task :class:`~cwpo_ray.train.tasks.SFTTask`). The saved model is
+the reference for `align` and the baseline for GRA.
 """
 from __future__ import annotations
 
 import time
 
+from cwpo_ray.config import require
 from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.config import SFTConfig
-from cwpo_ray.config import require
-from cwpo_ray.student.stage import fit, load_pairs, train_metrics, write_summary
+from cwpo_ray.student.stage import load_pairs, write_summary
+from cwpo_ray.train.tasks import SFTTask
+from cwpo_ray.train.trainer import fit, train_metrics
 
 
-def run_sft(cfg: SFTConfig) -> dict:
-    """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``."""
+def run_sft(cfg: SFTConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> dict:
+    """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
+    ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     require(cfg, "model", "data_dir", "output_dir")
     init_ray(cfg.ray)
     t0 = time.time()
     ds, counts = load_pairs(cfg, needs_scores=False)
     # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
     ds = ds.select_columns(["pair_id", "prompt", "chosen"]).materialize()
-    res = fit("sft", cfg, ds, counts["rows_used"])
+    res = fit(SFTTask(), cfg, ds, counts["rows_used"], callbacks=callbacks, worker_hooks=worker_hooks)
     hist = train_metrics(res["history"])
     summary = {
         "stage": "sft", **counts, "model_dir": res["model_dir"], "checkpoint": res["checkpoint"], "output_dir": cfg.output_dir,

@@ -1,11 +1,10 @@
-"""Driver-side plumbing shared by `cwpo sft` and `cwpo align`: Ray Data input pass (validate,
-quarantine, weights), the ``TorchTrainer`` run, metrics callback, and copying out the final model."""
+"""Driver-side plumbing shared by `cwpo sft` and `cwpo align`: the Ray Data input pass (validate,
+quarantine, weights) and the summary. The ``TorchTrainer`` run (:func:`fit`), the metrics callback and
+copying out the final model are the shared training driver's (:mod:`cwpo_ray.train.trainer`)."""
 from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -17,50 +16,32 @@ from cwpo_ray.student.losses import top_fraction_threshold
 
 log = logging.getLogger(__name__)
 
-try:
-    from ray.train.v2.api.callback import UserCallback
-except ImportError:  # pragma: no cover - Train V1
-    UserCallback = object
-
-
-class MetricsLogger(UserCallback):
-    """Runs on the Ray Train controller: rank-0 metrics → ``metrics.jsonl`` and TensorBoard events."""
-
-    def __init__(self, output_dir: str, tensorboard: bool = True):
-        self.output_dir = output_dir
-        self.tensorboard = tensorboard
-        self.rows: list[dict] = []
-        self._tb = None
-
-    def after_report(self, run_context, metrics, checkpoint):
-        m = dict(metrics[0]) if metrics else {}
-        if not m:
-            return
-        m["time"] = time.time()
-        self.rows.append(m)
-        io.write_text(io.join(self.output_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
-        if self.tensorboard and "://" not in self.output_dir:
-            try:
-                if self._tb is None:
-                    from tensorboardX import SummaryWriter
-
-                    self._tb = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
-                for k, v in m.items():
-                    if isinstance(v, (int, float)) and k not in ("step", "time"):
-                        self._tb.add_scalar(k, v, int(m.get("step", 0)))
-                self._tb.flush()
-            except ImportError:
-                self.tensorboard = False
-
 
 def load_pairs(cfg, needs_scores: bool) -> tuple:
-    """Read ``cfg.data_dir`` with Ray Data, quarantine bad rows, return (materialized good ds, counts)."""
+    """Read ``cfg.data_dir`` with Ray Data, quarantine bad rows, return (materialized good ds, counts).
+
+    Its parquet files are checked first, from their footers (:mod:`cwpo_ray.inputs`): a truncated file or
+    one without the columns of ``cfg.data_format`` (pairs: PAIR_SCHEMA, labeled: LABELED_SCHEMA) is
+    quarantined whole (``quarantine/files.parquet``, ``files_quarantined``) and only the good files are
+    read; with ``on_bad_file=fail`` the first bad file raises ConfigError naming it."""
     import ray
 
+    from cwpo_ray.inputs import check_inputs, write_bad_files
+    from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA
+
+    schema = PAIR_SCHEMA if cfg.data_format == "pairs" else LABELED_SCHEMA
+    kinds = {"string": pa.types.is_string, "number": pa.types.is_floating, "bool": pa.types.is_boolean}
+    types = {f.name: next(k for k, is_kind in kinds.items() if is_kind(f.type)) for f in schema}
+    check = check_inputs(cfg.data_dir, schema.names, types, on_bad_file=getattr(cfg, "on_bad_file", "quarantine"),
+                         what="data_dir")
+    if not check.files:
+        write_bad_files(cfg.output_dir, check.bad)
+        raise ConfigError(f"input error: data_dir: no readable input file in {cfg.data_dir} "
+                          f"({len(check.bad)} quarantined, see {cfg.output_dir}/quarantine/)")
     # Deterministic row order (same config and seed -> same batches -> same numbers), at a small cost in
     # streaming overlap that these small reads do not feel.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    raw = ray.data.read_parquet(cfg.data_dir).materialize()
+    raw = ray.data.read_parquet(check.read_path()).materialize()
     if cfg.data_format == "pairs":
         def good_fn(t: pa.Table) -> pa.Table:
             return human_pairs_to_labeled(t)[0]
@@ -84,9 +65,14 @@ def load_pairs(cfg, needs_scores: bool) -> tuple:
         for b in bad.select_columns(["reason"]).iter_batches(batch_format="pyarrow"):
             for r in b.column("reason").to_pylist():
                 reasons[r] = reasons.get(r, 0) + 1
+    write_bad_files(cfg.output_dir, check.bad)  # quarantine/files.parquet, next to the quarantined rows
+    for b in check.bad:
+        reasons[b.reason] = reasons.get(b.reason, 0) + 1
     if n_good == 0:
         raise ConfigError(f"config error: data_dir: no usable rows in {cfg.data_dir} ({n_bad} quarantined)")
-    return good, {"rows_in": n_good + n_bad, "rows_used": n_good, "quarantined": n_bad, "quarantine_reasons": reasons}
+    # rows_in = rows_used + quarantined (rows); quarantine_reasons counts rows and whole files
+    return good, {"rows_in": n_good + n_bad, "rows_used": n_good, "quarantined": n_bad, "quarantine_reasons": reasons,
+                  **check.summary()}
 
 
 def with_weights(ds, cfg) -> tuple:
@@ -101,58 +87,6 @@ def with_weights(ds, cfg) -> tuple:
     return out, {"threshold": threshold, "mean_weight": float(w.mean()), "nonzero_weight_fraction": float((w > 0).mean())}
 
 
-def fit(mode: str, cfg, ds, rows: int, has_ref_columns: bool = False, callbacks: list | None = None) -> dict:
-    """Run the shared worker loop on a ``TorchTrainer``; copy the final model to ``{output_dir}/model``.
-    ``callbacks`` are extra Ray Train callbacks (e.g. Tune's ``TuneReportCallback`` in a sweep trial)."""
-    import pyarrow.fs as pafs
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from cwpo_ray.student.train_loop import train_loop_per_worker
-
-    out = cfg.output_dir
-    storage = out if "://" in out else os.path.abspath(out)
-    if not cfg.resume:  # Ray Train would otherwise pick up an earlier run of the same name
-        io.rmtree(io.join(storage, "ray_train", mode))
-    logger = MetricsLogger(out)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"mode": mode, "cfg": cfg.model_dump(mode="json"), "rows": rows, "has_ref_columns": has_ref_columns},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
-        run_config=RunConfig(name=mode, storage_path=io.join(storage, "ray_train"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             callbacks=[logger, *(callbacks or [])]),
-        datasets={"train": ds},
-        # Same rows to the same worker in the same order on every run (same config and seed -> same numbers);
-        # locality-based block assignment would depend on where blocks happen to live.
-        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False),
-    )
-    t0 = time.time()
-    result = trainer.fit()
-    wall = time.time() - t0
-    if result.error:
-        raise result.error
-    model_dir = io.join(out, "model")
-    io.rmtree(model_dir)
-    dst_fs, dst = io.resolve(model_dir)
-    dst_fs.create_dir(dst, recursive=True)
-    src_fs = result.checkpoint.filesystem
-    for info in src_fs.get_file_info(pafs.FileSelector(result.checkpoint.path)):
-        if info.type == pafs.FileType.File and info.base_name != "train_state.json":  # HF files only, not ds/
-            pafs.copy_files(info.path, f"{dst}/{info.base_name}", source_filesystem=src_fs, destination_filesystem=dst_fs)
-    history = [json.loads(line) for line in io.read_text(io.join(out, "metrics.jsonl")).splitlines()] \
-        if io.exists(io.join(out, "metrics.jsonl")) else []
-    return {"model_dir": model_dir, "checkpoint": result.checkpoint.path, "fit_seconds": round(wall, 1), "history": history,
-            "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}}
-
-
 def write_summary(cfg, summary: dict) -> dict:
     io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2, default=float))
     return summary
-
-
-def train_metrics(history: list[dict]) -> list[dict]:
-    return [h for h in history if "loss" in h]

@@ -37,14 +37,12 @@ def base_pipeline(cfg: SweepConfig):
 
 def run_trial(params: dict, sweep: dict) -> dict:
     """One trial: shared stages for its labeled fraction (under a lock), then its own align + evaluate."""
-    from ray import tune
-
-    from cwpo_ray.pipeline import MethodSpec, run_pipeline
-
     from filelock import FileLock
+    from ray import tune
 
     from cwpo_ray.config import updated
     from cwpo_ray.layout import RunLayout
+    from cwpo_ray.pipeline import MethodSpec, run_pipeline
 
     cfg = SweepConfig.model_validate(sweep)
     out = Path(cfg.output_dir).resolve()

@@ -1,0 +1,60 @@
+"""TrainConfig: the one base training config of `train-annotator`, `sft` and `align`.
+
+Every field means the same in every stage. Stage configs derive from it and change defaults only
+(the annotator's and the student's paper defaults differ) or add their own fields.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from cwpo_ray.config import LoraSettings, OnBadFile, RayConfig, StrictModel
+
+
+class TrainConfig(StrictModel):
+    """Model, data, optimizer, schedule, batch, precision, DeepSpeed ZeRO, LoRA, checkpoints, Ray Train workers."""
+
+    model: str | None = None  # hub id or local folder; the pipeline sets it
+    tokenizer: str | None = None  # default: the model's folder / id
+    trust_remote_code: bool = False
+    data_dir: str | None = None  # parquet folder / file (URI ok)
+    on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema parquet file in data_dir
+    output_dir: str | None = None  # {output_dir}/model (save_pretrained), summary.json, metrics.jsonl, checkpoints
+    max_length: int = Field(default=512, gt=8)  # tokens per sequence (prompt + response)
+    epochs: float = Field(default=3, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)  # optimizer steps; overrides epochs when set
+    lr: float = Field(default=1e-5, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"  # after a linear warm-up
+    warmup_steps: int | None = Field(default=None, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)  # of the optimizer steps; used when warmup_steps is None
+    weight_decay: float = Field(default=0.0, ge=0.0)  # on weight matrices (not biases / norms)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    # Examples (pairs or sequences) per worker per micro-step; one optimizer step sees
+    # batch_size x num_workers x grad_accum of them.
+    batch_size: int = Field(default=16, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    shuffle_buffer: int = Field(default=0, ge=0)  # Ray Data local shuffle buffer (rows, reseeded per epoch); 0 = none
+    # Ray Train + DeepSpeed
+    num_workers: int = Field(default=2, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    zero_stage: int = Field(default=2, ge=0, le=3)  # DeepSpeed ZeRO stage; 0 = plain data parallel
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None  # merged into the base weights in the final save
+    checkpoint_every_steps: int | None = Field(default=None, gt=0)  # Ray Train checkpoints (DeepSpeed state)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    max_failures: int = Field(default=0, ge=-1)  # Ray Train FailureConfig; -1 = retry forever
+    resume: bool = False  # continue a previous run's latest checkpoint in output_dir (else start fresh)
+    log_every_steps: int = Field(default=10, gt=0)  # optimizer steps between metrics rows
+    seed: int = 0
+    deepspeed_extra: dict = Field(default_factory=dict)  # merged into the generated DeepSpeed config
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _check_train(self):
+        if self.lora is not None and self.zero_stage == 3:
+            raise ValueError("lora with zero_stage=3 is not supported (use ZeRO 0-2 with LoRA)")
+        return self
