@@ -164,14 +164,7 @@ class ScorerActor:
     def __init__(self, c: dict):
         from cwpo_ray.annotator.scoring import make_scorer
 
-        if c["backend"] == "vllm":
-            import torch
-
-            if not torch.cuda.is_available():  # vLLM on CPU: in-process engine, small KV cache (NOTES.md)
-                for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-                             "VLLM_CPU_OMP_THREADS_BIND": "nobind"}.items():
-                    os.environ.setdefault(k, v)
-        self.c = c
+        self.c = c  # (the vLLM scorer sets vLLM's CPU environment itself: runtime.vllm_cpu_env)
         hf_only = {k: c[k] for k in HF_ONLY} if c["backend"] == "hf" else {}
         self.scorer = make_scorer(c["backend"], c["model"], max_tokens=c["max_tokens"], dtype=c["dtype"],
                                   trust_remote_code=c["trust_remote_code"], **hf_only)
