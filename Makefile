@@ -14,4 +14,4 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 timeout 2700 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 timeout 3600 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
