@@ -19,59 +19,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _sub(name: str) -> property:
+    return property(lambda self: self.root / name, doc=f"``{{run}}/{name}``")
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
 
     @classmethod
-    def of(cls, run_dir: str | Path) -> "RunLayout":
+    def of(cls, run_dir: str | Path) -> RunLayout:
         return cls(Path(run_dir).resolve())
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def label_stats(self) -> Path:
-        return self.root / "label_stats.json"
-
-    @property
-    def synthetic(self) -> Path:
-        return self.root / "synthetic"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def split(self, name: str) -> Path:
-        return self.data / name
-
-    @property
-    def annotator(self) -> Path:
-        return self.root / "annotator"
-
-    @property
-    def annotated(self) -> Path:
-        return self.root / "annotated"
-
-    @property
-    def sft(self) -> Path:
-        return self.root / "sft"
-
-    @property
-    def generated(self) -> Path:
-        return self.root / "generated"
-
-    @property
-    def human_all(self) -> Path:
-        return self.root / "human_all"
+    config = _sub("config.yaml")
+    label_stats = _sub("label_stats.json")
+    synthetic = _sub("synthetic")
+    data = _sub("data")
+    annotator = _sub("annotator")
+    annotated = _sub("annotated")
+    sft = _sub("sft")
+    generated = _sub("generated")
+    human_all = _sub("human_all")
+    eval = _sub("eval")
 
     def align(self, method: str) -> Path:
         return self.root / "align" / method
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
 
     @staticmethod
     def model(stage_dir: str | Path) -> Path:

@@ -39,28 +39,12 @@ def read_pairs(path: str) -> pa.Table:
     return table.select(PAIR_SCHEMA.names)
 
 
-class _HumanPairs:
-    """``cfg`` seen by :func:`cwpo_ray.student.stage.load_pairs` as human-labeled pairs (PAIR_SCHEMA)
-    in ``{data_dir}/labeled``; every other attribute is the annotator config's."""
-
-    data_format = "pairs"
-
-    def __init__(self, cfg: AnnotatorTrainConfig):
-        self._cfg = cfg
-        self.data_dir = io.join(cfg.data_dir, TRAIN_SPLIT)
-
-    def __getattr__(self, name):
-        if name.startswith("_"):  # e.g. during unpickling, before _cfg is set
-            raise AttributeError(name)
-        return getattr(self._cfg, name)
-
-
 def load_training_pairs(cfg: AnnotatorTrainConfig) -> tuple:
     """(prompt, chosen, rejected) of the labeled split's human-labeled pairs as a materialized Ray
     Dataset, and the counts (rows without a usable label or with bad text are quarantined)."""
     from cwpo_ray.student.stage import load_pairs
 
-    ds, counts = load_pairs(_HumanPairs(cfg), needs_scores=False)
+    ds, counts = load_pairs(cfg, needs_scores=False, data_dir=io.join(cfg.data_dir, TRAIN_SPLIT), data_format="pairs")
     n = counts["rows_used"]
     if cfg.max_train_pairs and cfg.max_train_pairs < n:
         ds, n = ds.limit(cfg.max_train_pairs), cfg.max_train_pairs

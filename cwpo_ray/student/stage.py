@@ -17,8 +17,10 @@ from cwpo_ray.student.losses import top_fraction_threshold
 log = logging.getLogger(__name__)
 
 
-def load_pairs(cfg, needs_scores: bool) -> tuple:
+def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format: str | None = None) -> tuple:
     """Read ``cfg.data_dir`` with Ray Data, quarantine bad rows, return (materialized good ds, counts).
+    ``data_dir`` / ``data_format`` replace the config's (the annotator reads the human pairs of
+    ``{data_dir}/labeled``); quarantine goes to ``cfg.output_dir``, ``cfg.on_bad_file`` applies.
 
     Its parquet files are checked first, from their footers (:mod:`cwpo_ray.inputs`): a truncated file or
     one without the columns of ``cfg.data_format`` (pairs: PAIR_SCHEMA, labeled: LABELED_SCHEMA) is
@@ -29,20 +31,22 @@ def load_pairs(cfg, needs_scores: bool) -> tuple:
     from cwpo_ray.inputs import check_inputs, write_bad_files
     from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA
 
-    schema = PAIR_SCHEMA if cfg.data_format == "pairs" else LABELED_SCHEMA
+    data_dir = data_dir or cfg.data_dir
+    data_format = data_format or cfg.data_format
+    schema = PAIR_SCHEMA if data_format == "pairs" else LABELED_SCHEMA
     kinds = {"string": pa.types.is_string, "number": pa.types.is_floating, "bool": pa.types.is_boolean}
     types = {f.name: next(k for k, is_kind in kinds.items() if is_kind(f.type)) for f in schema}
-    check = check_inputs(cfg.data_dir, schema.names, types, on_bad_file=getattr(cfg, "on_bad_file", "quarantine"),
+    check = check_inputs(data_dir, schema.names, types, on_bad_file=cfg.on_bad_file,
                          what="data_dir")
     if not check.files:
         write_bad_files(cfg.output_dir, check.bad)
-        raise ConfigError(f"input error: data_dir: no readable input file in {cfg.data_dir} "
+        raise ConfigError(f"input error: data_dir: no readable input file in {data_dir} "
                           f"({len(check.bad)} quarantined, see {cfg.output_dir}/quarantine/)")
     # Deterministic row order (same config and seed -> same batches -> same numbers), at a small cost in
     # streaming overlap that these small reads do not feel.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     raw = ray.data.read_parquet(check.read_path()).materialize()
-    if cfg.data_format == "pairs":
+    if data_format == "pairs":
         def good_fn(t: pa.Table) -> pa.Table:
             return human_pairs_to_labeled(t)[0]
 
@@ -69,7 +73,7 @@ def load_pairs(cfg, needs_scores: bool) -> tuple:
     for b in check.bad:
         reasons[b.reason] = reasons.get(b.reason, 0) + 1
     if n_good == 0:
-        raise ConfigError(f"config error: data_dir: no usable rows in {cfg.data_dir} ({n_bad} quarantined)")
+        raise ConfigError(f"config error: data_dir: no usable rows in {data_dir} ({n_bad} quarantined)")
     # rows_in = rows_used + quarantined (rows); quarantine_reasons counts rows and whole files
     return good, {"rows_in": n_good + n_bad, "rows_used": n_good, "quarantined": n_bad, "quarantine_reasons": reasons,
                   **check.summary()}
