@@ -1,15 +1,24 @@
 """Choose the demo's align recipe on VALIDATION prompts only (the test split is never read).
 
-Runs the demo pipeline once up to SFT, then for every point of a grid over align fields re-runs
-Human-DPO (DPO on the unlabeled pool's own human labels) and evaluates it against the SFT model on
+For every seed, runs the demo pipeline (every seed field set to the seed, exactly as
+``jobs/sandbox_gate.py`` does) up to SFT once, then for every point of a grid over align fields
+re-runs every demo method (Human-DPO, CW-DPO, WS-DPO) and evaluates them against the SFT model on
 the validation split's prompts. Finished stages are reused through the run manifest, so each grid
-point costs one align and one evaluate. Prints and writes a table (markdown + json) and the point
-with the highest validation GRA; copy it into ``cwpo_ray/configs/demo.yaml`` by hand.
+point costs one align per method and one evaluate.
 
-    python jobs/select_demo_recipe.py --run-dir runs/select \\
-        --grid align.lr=1e-4,2e-4,4e-4 align.beta=0.5,1.0 align.epochs=2,3 [key=value ...]
+The rule, applied to validation numbers only:
+- a point is *admissible* when, in every seed, no method's share of answers at the length limit is
+  more than 15 points above the SFT model's (the gate's length criterion);
+- among admissible points, the one with the highest Human-DPO validation GRA averaged over seeds.
 
-Extra ``key=value`` arguments override the demo config for every point (e.g. ``synthetic.task.seed=1``).
+Prints and writes a table (markdown + json) after every point; copy the selection into
+``cwpo_ray/configs/demo.yaml`` by hand.
+
+    python jobs/select_demo_recipe.py --seeds 0 1 2 --run-dir runs/gate \\
+        --grid align.lr=2e-4,5e-5,1e-4 align.beta=0.25 [key=value ...]
+
+Using the gate's run folder lets ``jobs/sandbox_gate.py`` reuse the last point's models. Extra
+``key=value`` arguments override the demo config for every point.
 """
 from __future__ import annotations
 
@@ -22,13 +31,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sandbox_gate import MAX_LIMIT_RISE, seed_overrides  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run-dir", default="runs/select")
+    ap.add_argument("--run-dir", default="runs/gate")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--grid", nargs="+", required=True, help="dotted.key=v1,v2,... (align fields)")
-    ap.add_argument("--method", default="human-dpo")
+    ap.add_argument("--gate-method", default="human-dpo")
     ap.add_argument("--out", default=None, help="results folder (default: {run-dir}/selection)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -43,41 +56,78 @@ def main():
     run = Path(args.run_dir).resolve()
     out = Path(args.out or run / "selection")
     out.mkdir(parents=True, exist_ok=True)
-    base = [f"run_dir={run}", f"methods={{{args.method}: {{labels: human_unlabeled, loss: dpo, weighting: none}}}}",
-            f"evaluate.prompts_path={run / 'data' / 'validation'}", f"evaluate.output_dir={run / 'eval_validation'}",
-            "stages=[prepare, train-annotator, annotate, sft, align, evaluate]", *args.overrides]
     rows = []
-    for point in itertools.product(*axes):
-        sets = [f"{k}={v}" for k, v in point]
-        cfg = load_config(PipelineConfig, DEMO_CONFIG, base + sets)
-        t0 = time.time()
-        res = run_pipeline(cfg)
-        m = json.loads((run / "eval_validation" / "metrics.json").read_text())
-        r = m["methods"][args.method]
-        rows.append({"point": dict(point), "gra": r["gra"], "gra_ci": r["gra_ci"], "mean_gain": r["mean_gain"],
-                     "length_limit": m["length_limit_share"][args.method], "sft_length_limit": m["length_limit_share"]["sft"],
-                     "prompts": m["num_prompts"], "samples_per_prompt": m["samples_per_prompt"],
-                     "seconds": round(time.time() - t0, 1), "gate": res.get("gate")})
-        print(f"[select] {' '.join(sets)}: validation GRA {r['gra']:.3f} [{r['gra_ci'][0]:.3f}, {r['gra_ci'][1]:.3f}] "
-              f"gain {r['mean_gain']:+.2f} at length limit {rows[-1]['length_limit']:.1%}", flush=True)
-        write_table(rows, axes, run, args, out)  # after every point: a selection cut short keeps what it measured
-    print(write_table(rows, axes, run, args, out))
+    for seed in args.seeds:
+        sdir = run / f"seed{seed}"
+        base = [*seed_overrides(seed, run), f"evaluate.prompts_path={sdir / 'data' / 'validation'}",
+                f"evaluate.output_dir={sdir / 'eval_validation'}",
+                "stages=[prepare, train-annotator, annotate, sft, align, evaluate]", *args.overrides]
+        for point in itertools.product(*axes):
+            sets = [f"{k}={v}" for k, v in point]
+            cfg = load_config(PipelineConfig, DEMO_CONFIG, base + sets)
+            t0 = time.time()
+            run_pipeline(cfg)
+            m = json.loads((sdir / "eval_validation" / "metrics.json").read_text())
+            lim = m["length_limit_share"]
+            rows.append({"seed": seed, "point": dict(point), "prompts": m["num_prompts"],
+                         "samples_per_prompt": m["samples_per_prompt"], "sft_length_limit": lim["sft"],
+                         "methods": {n: {"gra": r["gra"], "gra_ci": r["gra_ci"], "mean_gain": r["mean_gain"],
+                                         "length_limit": lim[n]} for n, r in m["methods"].items()},
+                         "seconds": round(time.time() - t0, 1)})
+            print(f"[select] seed {seed} {' '.join(sets)}: " + ", ".join(
+                f"{n} GRA {r['gra']:.3f} at limit {r['length_limit']:.1%}" for n, r in rows[-1]["methods"].items())
+                + f" (SFT {lim['sft']:.1%})", flush=True)
+            print(write_table(rows, axes, run, args, out), flush=True)  # after every point: a cut-short run keeps what it measured
+
+
+def worst_rise(row: dict) -> float:
+    return max(r["length_limit"] for r in row["methods"].values()) - row["sft_length_limit"]
+
+
+def select(rows: list[dict], seeds: list[int], gate_method: str) -> tuple[dict | None, list[dict]]:
+    """Per point: mean gate-method GRA over seeds, worst length rise, admissible (complete and within limit)."""
+    points: dict[str, dict] = {}
+    for r in rows:
+        p = points.setdefault(json.dumps(r["point"], sort_keys=True), {"point": r["point"], "rows": []})
+        p["rows"].append(r)
+    summary = []
+    for p in points.values():
+        done = sorted(r["seed"] for r in p["rows"])
+        worst = max(worst_rise(r) for r in p["rows"])
+        summary.append({"point": p["point"], "seeds": done, "worst_length_rise": worst,
+                        "mean_gate_gra": sum(r["methods"][gate_method]["gra"] for r in p["rows"]) / len(p["rows"]),
+                        "admissible": done == sorted(seeds) and worst <= MAX_LIMIT_RISE})
+    ok = [s for s in summary if s["admissible"]]
+    return (max(ok, key=lambda s: s["mean_gate_gra"]) if ok else None), summary
 
 
 def write_table(rows: list[dict], axes: list, run: Path, args, out: Path) -> str:
-    best = max(rows, key=lambda x: x["gra"])
-    lines = [f"# Demo recipe selection on validation prompts ({args.method} vs SFT)", "",
-             f"- run: `{run}`; overrides: `{' '.join(args.overrides) or '-'}`",
-             f"- {rows[0]['prompts']} validation prompts x {rows[0]['samples_per_prompt']} samples; the test split is not read.",
-             "", "| " + " | ".join(a[0][0] for a in axes) + " | GRA | 95% CI | gain | at length limit (SFT) |",
-             "|" + "---|" * (len(axes) + 4)]
+    keys = [a[0][0] for a in axes]
+    methods = list(rows[0]["methods"])
+    best, summary = select(rows, args.seeds, args.gate_method)
+    lines = ["# Demo recipe selection on validation prompts (every demo method vs its SFT model)", "",
+             f"- `python jobs/select_demo_recipe.py --seeds {' '.join(map(str, args.seeds))} --run-dir {args.run_dir} "
+             f"--grid {' '.join(args.grid)}{' ' + ' '.join(args.overrides) if args.overrides else ''}`",
+             f"- {rows[0]['prompts']} validation prompts (seed {rows[0]['seed']}) x {rows[0]['samples_per_prompt']} samples;"
+             " the test split is not read.",
+             f"- Rule: admissible = in every seed, no method's length-limit share more than {int(MAX_LIMIT_RISE * 100)} points"
+             f" above SFT's; selected = the admissible point with the highest {args.gate_method} GRA averaged over seeds.",
+             "", "| seed | " + " | ".join(keys) + " | " + " | ".join(f"{m} GRA (at limit)" for m in methods) + " | SFT at limit |",
+             "|" + "---|" * (len(keys) + len(methods) + 2)]
     for r in rows:
-        lines.append("| " + " | ".join(str(v) for v in r["point"].values()) +
-                     f" | {r['gra']:.3f} | [{r['gra_ci'][0]:.3f}, {r['gra_ci'][1]:.3f}] | {r['mean_gain']:+.2f} | "
-                     f"{r['length_limit']:.1%} ({r['sft_length_limit']:.1%}) |")
-    lines += ["", f"selected (highest validation GRA): `{' '.join(f'{k}={v}' for k, v in best['point'].items())}`", ""]
+        lines.append(f"| {r['seed']} | " + " | ".join(str(r["point"][k]) for k in keys) + " | " + " | ".join(
+            f"{r['methods'][m]['gra']:.3f} ({r['methods'][m]['length_limit']:.1%})" for m in methods)
+            + f" | {r['sft_length_limit']:.1%} |")
+    lines += ["", "| " + " | ".join(keys) + f" | seeds | mean {args.gate_method} GRA | worst length rise | admissible |",
+              "|" + "---|" * (len(keys) + 4)]
+    for s in summary:
+        lines.append("| " + " | ".join(str(s["point"][k]) for k in keys) + f" | {','.join(map(str, s['seeds']))} | "
+                     f"{s['mean_gate_gra']:.3f} | {s['worst_length_rise'] * 100:+.1f} pts | {'yes' if s['admissible'] else 'no'} |")
+    sel = ("`" + " ".join(f"{k}={v}" for k, v in best["point"].items()) + "`") if best else "none (no admissible point)"
+    lines += ["", f"selected: {sel}", ""]
     (out / "selection.md").write_text("\n".join(lines))
-    (out / "selection.json").write_text(json.dumps({"rows": rows, "selected": best["point"]}, indent=2))
+    (out / "selection.json").write_text(json.dumps({"rows": rows, "summary": summary,
+                                                    "selected": best["point"] if best else None}, indent=2))
     return "\n".join(lines)
 
 
