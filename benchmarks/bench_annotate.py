@@ -4,13 +4,13 @@ model, same texts; (a, --e2e) pairs/s end to end through Ray Data (`run_annotate
 Part (b) needs only torch + transformers (+ numpy); the model is built from a config (random weights,
 no download)::
 
-    python benchmarks/bench_annotate.py --device cuda --shape opt-125m --max-tokens 512 --pairs 8192
+    python benchmarks/bench_annotate.py --device cuda --shape opt-125m --max-length 512 --pairs 8192
     python benchmarks/bench_annotate.py                      # CPU smoke run: tiny shape, few pairs
     python benchmarks/bench_annotate.py --e2e                # + end to end on Ray Data (needs ray)
 
 Length mix ("hh"): token lengths of prompt+response drawn log-normally (median ~110 tokens, long tail),
-clipped to [16, max_tokens], like HH-RLHF's many short dialogues with a tail up to 512. "max": every
-text max_tokens long. GPU target: OPT-125M shape at 512 tokens ≥ 3,000 pairs/s and ≥ 1.7× naive.
+clipped to [16, max_length], like HH-RLHF's many short dialogues with a tail up to 512. "max": every
+text max_length long. GPU target: OPT-125M shape at 512 tokens ≥ 3,000 pairs/s and ≥ 1.7× naive.
 """
 from __future__ import annotations
 
@@ -48,10 +48,10 @@ def build_model(shape: str, device: str, dtype):
     return model.to(device).eval()
 
 
-def sample_lengths(n: int, max_tokens: int, mix: str, rng) -> np.ndarray:
+def sample_lengths(n: int, max_length: int, mix: str, rng) -> np.ndarray:
     if mix == "max":
-        return np.full(n, max_tokens)
-    return np.clip(rng.lognormal(np.log(110), 0.8, size=n), 16, max_tokens).astype(int)
+        return np.full(n, max_length)
+    return np.clip(rng.lognormal(np.log(110), 0.8, size=n), 16, max_length).astype(int)
 
 
 def naive_scores(model, ids, batch_pairs: int, pad_id: int, device: str):
@@ -99,15 +99,15 @@ def bench_core(a) -> None:
     model = build_model(a.shape, a.device, dtype)
     vocab, pad = model.config.vocab_size, model.config.pad_token_id
     rng = np.random.default_rng(0)
-    lengths = sample_lengths(2 * a.pairs, a.max_tokens, a.mix, rng)
+    lengths = sample_lengths(2 * a.pairs, a.max_length, a.mix, rng)
     ids = [rng.integers(3, vocab, size=int(n)).tolist() for n in lengths]  # never the pad id (pad=1 / the last ids)
     ids = [[t if t != pad else pad + 1 for t in x] for x in ids]
-    scorer = HFScorer("<built in memory>", device=a.device, max_tokens=a.max_tokens, max_batch_tokens=a.max_batch_tokens,
+    scorer = HFScorer("<built in memory>", device=a.device, max_length=a.max_length, max_batch_tokens=a.max_batch_tokens,
                       max_batch_size=a.max_batch_size, compile=a.compile, model=model, tokenizer=object())
     scorer.pad_id = pad
     where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     print(f"device={a.device} ({where}) "
-          f"shape={a.shape} dtype={dtype} pairs={a.pairs} mix={a.mix} max_tokens={a.max_tokens} "
+          f"shape={a.shape} dtype={dtype} pairs={a.pairs} mix={a.mix} max_length={a.max_length} "
           f"mean len={lengths.mean():.0f} p50={np.median(lengths):.0f} p99={np.percentile(lengths, 99):.0f} "
           f"torch={torch.__version__}")
     t_naive, s_naive = timed(lambda: naive_scores(model, ids, a.naive_batch_pairs, pad, a.device), a.device, a.repeats)
@@ -140,7 +140,7 @@ def bench_e2e(a) -> None:
     from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
 
     tmp = tempfile.mkdtemp(prefix="bench_annotate_")
-    paths = build_synthetic(SyntheticConfig(output_dir=f"{tmp}/syn", task=SyntheticTaskConfig(num_pairs=200)))["paths"]
+    paths = build_synthetic(SyntheticConfig(output_dir=f"{tmp}/syn", task=SyntheticTaskConfig(num_pairs=200))).paths
     rows = SyntheticTask(SyntheticTaskConfig(num_pairs=a.e2e_pairs, seed=1)).rows()
     table = pa.table({"pair_id": [pair_id(r["prompt"], r["response_a"], r["response_b"]) for r in rows],
                       "prompt": [r["prompt"] for r in rows], "response_a": [r["response_a"] for r in rows],
@@ -151,14 +151,14 @@ def bench_e2e(a) -> None:
     t0 = time.time()
     init_ray(RayConfig())
     print(f"ray start {time.time() - t0:.1f}s")
-    cfg = AnnotateConfig(model=paths["weak_base"], input=f"{tmp}/in", output_dir=f"{tmp}/out", max_tokens=128,
+    cfg = AnnotateConfig(model=paths.weak_base, input=f"{tmp}/in", output_dir=f"{tmp}/out", max_length=128,
                          block_rows=a.block_rows, min_actors=1, max_actors=a.actors)
     t0 = time.time()
     s = run_annotate(cfg)
     wall = time.time() - t0
-    print(f"e2e Ray Data ({a.actors} actors max): {s['pairs']} pairs in {wall:.1f}s wall = {s['pairs'] / wall:.0f} pairs/s "
-          f"(incl. actor start-up; stage-reported {s['pairs_per_s']} pairs/s)")
-    sc = HFScorer(paths["weak_base"], max_tokens=128)
+    print(f"e2e Ray Data ({a.actors} actors max): {s.pairs} pairs in {wall:.1f}s wall = {s.pairs / wall:.0f} pairs/s "
+          f"(incl. actor start-up; stage-reported {s.pairs_per_s} pairs/s)")
+    sc = HFScorer(paths.weak_base, max_length=128)
     t0 = time.time()
     sc.score_texts(table.column("prompt").to_pylist() * 2,
                    table.column("response_a").to_pylist() + table.column("response_b").to_pylist())
@@ -171,7 +171,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="default: opt-125m on cuda, tiny on cpu")
     p.add_argument("--dtype", default="auto", help="auto = bf16 on cuda, fp32 on cpu")
-    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--mix", default="hh", choices=["hh", "max"])
     p.add_argument("--pairs", type=int, default=None, help="default: 8192 on cuda, 256 on cpu")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="default: 131072 on cuda, 16384 on cpu")

@@ -38,7 +38,7 @@ def main() -> None:
     if model is None:
         from cwpo_ray.synthetic.build import SyntheticConfig, build_synthetic
 
-        model = build_synthetic(SyntheticConfig(output_dir=work, task=SyntheticTaskConfig(num_pairs=50)))["paths"]["student_base"]
+        model = build_synthetic(SyntheticConfig(output_dir=work, task=SyntheticTaskConfig(num_pairs=50))).paths.student_base
     rows = SyntheticTask(SyntheticTaskConfig(num_pairs=args.prompts * 2, seed=1)).rows()
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))[: args.prompts]
 

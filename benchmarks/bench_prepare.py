@@ -1,6 +1,6 @@
 """Benchmark `cwpo prepare`: N synthetic pairs as jsonl -> split parquet through Ray Data.
 
-    python benchmarks/bench_prepare.py --rows 1000000 [--tokenizer DIR --max-tokens 512]
+    python benchmarks/bench_prepare.py --rows 1000000 [--tokenizer DIR --max-length 512]
 
 Prints rows/s end to end (Ray start excluded, file reading, parsing, validation, hashing, split,
 parquet writing included) and, as a baseline in the same process, the pure core on one process.
@@ -31,7 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--tokenizer", default=None)
-    ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
 
@@ -52,7 +52,7 @@ def main():
     n_base = min(args.rows, 100_000)
     with open(src, "rb") as f:
         lines = [next(f).rstrip(b"\n") for _ in range(n_base)]
-    norm = Normalizer("canonical", "bench", {}, 0.1, 0.3, 0, args.tokenizer, args.max_tokens)
+    norm = Normalizer("canonical", "bench", {}, 0.1, 0.3, 0, args.tokenizer, args.max_length)
     t = time.perf_counter()
     for i in range(0, n_base, 4096):
         norm(parse_json_lines(lines[i:i + 4096], [""] * len(lines[i:i + 4096])))
@@ -61,14 +61,14 @@ def main():
 
     init_ray(RayConfig(num_cpus=os.cpu_count()))
     cfg = build_config(PrepareConfig, {"sources": [{"format": "canonical", "path": src}], "output_dir": os.path.join(work, "out"),
-                                       "tokenizer": args.tokenizer, "max_tokens": args.max_tokens if args.tokenizer else None})
+                                       "tokenizer": args.tokenizer, "max_length": args.max_length if args.tokenizer else None})
     t = time.perf_counter()
     s = run_prepare(cfg)
     dt = time.perf_counter() - t
-    assert s["rows_in"] == args.rows and s["kept"] + s["quarantined"] == args.rows
+    assert s.rows_in == args.rows and s.kept + s.quarantined == args.rows
     rps = args.rows / dt
     print(f"cwpo prepare via Ray Data ({os.cpu_count()} CPUs): {args.rows:,} rows in {dt:.1f}s = {rps:,.0f} rows/s "
-          f"({rps / base_rps:.2f}x the 1-process core); splits {s['splits']}")
+          f"({rps / base_rps:.2f}x the 1-process core); splits {s.splits}")
     print(f"target >= 20,000 rows/s: {'MET' if rps >= 20_000 else 'NOT MET'}")
 
 

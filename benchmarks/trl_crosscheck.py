@@ -42,6 +42,7 @@ def main():
     from cwpo_ray.config import load_config
     from cwpo_ray.evaluate.stage import run_evaluate
     from cwpo_ray.pipeline import PipelineConfig
+    from cwpo_ray.results import EvaluateResult, read_result
     from cwpo_ray.student.data import human_pairs_to_labeled
 
     run = Path(args.run)
@@ -77,21 +78,21 @@ def main():
     tok.save_pretrained(model_dir)
     print(f"TRL trained in {time.time() - t0:.0f}s -> {model_dir}", flush=True)
 
-    ours = json.loads((run / "eval" / "metrics.json").read_text())
+    ours = read_result(EvaluateResult, run / "eval" / "metrics.json")
     ev = cfg.evaluate.model_copy(update={
-        "ray": cfg.ray, "prompts_path": ours["prompts_path"], "sft_model": str(sft_model),
+        "ray": cfg.ray, "prompts_path": ours.prompts_path, "sft_model": str(sft_model),
         "models": {"trl-dpo": str(model_dir)}, "output_dir": str(out / "eval")})
     m = run_evaluate(ev)
-    t, o = m["methods"]["trl-dpo"], ours["methods"][args.method]
-    result = {"trl_gra": t["gra"], "trl_gra_ci": t["gra_ci"], "ours_gra": o["gra"], "ours_gra_ci": o["gra_ci"],
-              "difference": t["gra"] - o["gra"], "trl_length_limit_share": m["length_limit_share"]["trl-dpo"],
-              "ours_length_limit_share": ours["length_limit_share"][args.method], "prompts": m["num_prompts"],
-              "samples_per_prompt": m["samples_per_prompt"], "pairs": len(rows)}
+    t, o = m.methods["trl-dpo"], ours.methods[args.method]
+    result = {"trl_gra": t.gra, "trl_gra_ci": list(t.gra_ci), "ours_gra": o.gra, "ours_gra_ci": list(o.gra_ci),
+              "difference": t.gra - o.gra, "trl_length_limit_share": m.length_limit_share["trl-dpo"],
+              "ours_length_limit_share": ours.length_limit_share[args.method], "prompts": m.num_prompts,
+              "samples_per_prompt": m.samples_per_prompt, "pairs": len(rows)}
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(f"\nsame SFT model, same pairs, same recipe, same {m['num_prompts']} prompts x {m['samples_per_prompt']} samples:")
-    print(f"  TRL DPOTrainer  GRA {t['gra']:.3f} [{t['gra_ci'][0]:.3f}, {t['gra_ci'][1]:.3f}]  "
+    print(f"\nsame SFT model, same pairs, same recipe, same {m.num_prompts} prompts x {m.samples_per_prompt} samples:")
+    print(f"  TRL DPOTrainer  GRA {t.gra:.3f} [{t.gra_ci[0]:.3f}, {t.gra_ci[1]:.3f}]  "
           f"at length limit {result['trl_length_limit_share']:.1%}")
-    print(f"  cwpo {args.method:<10} GRA {o['gra']:.3f} [{o['gra_ci'][0]:.3f}, {o['gra_ci'][1]:.3f}]  "
+    print(f"  cwpo {args.method:<10} GRA {o.gra:.3f} [{o.gra_ci[0]:.3f}, {o.gra_ci[1]:.3f}]  "
           f"at length limit {result['ours_length_limit_share']:.1%}")
     print(f"  difference (TRL - ours): {result['difference']:+.3f}")
 

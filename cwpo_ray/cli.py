@@ -14,9 +14,11 @@ import sys
 
 from cwpo_ray.config import ConfigError, load_config
 
-# stage -> (config class "module:Class", run function "module:function", printer "module:function"|None, help)
+# stage -> (config class "module:Class", run function "module:function", printer "module:function"|None, help).
+# The run function returns the stage's result model (cwpo_ray.results); the printer formats it.
 STAGES: dict[str, tuple[str, str, str | None, str]] = {
-    "synthesize": ("cwpo_ray.synthetic.build:SyntheticConfig", "cwpo_ray.synthetic.build:build_synthetic", None,
+    "synthesize": ("cwpo_ray.synthetic.build:SyntheticConfig", "cwpo_ray.synthetic.build:build_synthetic",
+                   "cwpo_ray.synthetic.build:format_synthesize",
                    "write the embedded synthetic task (data, tokenizer, tiny models)"),
     "prepare": ("cwpo_ray.prepare.config:PrepareConfig", "cwpo_ray.prepare.stage:run_prepare",
                 "cwpo_ray.prepare.stage:format_summary", "raw preference data -> canonical split parquet (Ray Data)"),

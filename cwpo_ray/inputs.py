@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from cwpo_ray import io
 from cwpo_ray.config import ConfigError
-from cwpo_ray.schema import QUARANTINE_SCHEMA
+from cwpo_ray.schema import quarantine_row, quarantine_table
 
 FILES_QUARANTINE = "files.parquet"  # {output_dir}/quarantine/files.parquet: one row per quarantined input file
 UNREADABLE, MISSING_COLUMNS, WRONG_TYPES = "unreadable_file", "missing_columns", "wrong_column_types"
@@ -178,10 +178,7 @@ def check_inputs(path: str, required: Iterable[str] = (), types: Mapping[str, st
 
 def bad_file_table(bad: Iterable[BadFile]) -> pa.Table:
     """QUARANTINE_SCHEMA rows for quarantined files: source = path, reason, detail, raw = null."""
-    bad = list(bad)
-    return pa.table({"source": [b.path for b in bad], "reason": [b.reason for b in bad],
-                     "detail": [b.detail for b in bad], "raw": pa.nulls(len(bad), pa.string())},
-                    schema=QUARANTINE_SCHEMA)
+    return quarantine_table(quarantine_row(b.path, b.reason, b.detail) for b in bad)
 
 
 def write_bad_files(output_dir: str, bad: Iterable[BadFile]) -> str | None:

@@ -53,6 +53,11 @@ class Manifest:
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
         os.replace(tmp, self.path)  # atomic: a killed run never leaves a half-written manifest
 
+    def forget(self, stage: str) -> None:
+        """Drop a stage's record, so that the next :meth:`run` of it runs it."""
+        if self.data.pop(stage, None) is not None:
+            self.save()
+
     def is_done(self, stage: str, key: str, artifacts: list) -> bool:
         rec = self.data.get(stage)
         if not rec or rec.get("key") != key:

@@ -10,14 +10,14 @@ synthetic task, tiny models, hyperparameters scaled for them.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
 from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, Weighting, dump_config, updated
@@ -26,11 +26,29 @@ from cwpo_ray.generate.config import GenerateConfig
 from cwpo_ray.layout import RunLayout
 from cwpo_ray.manifest import Manifest
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
+from cwpo_ray.results import (
+    AlignResult,
+    AnnotateResult,
+    EvaluateResult,
+    GenerateResult,
+    LabelReport,
+    PipelineResult,
+    PrepareResult,
+    SanityGate,
+    SFTResult,
+    StageResult,
+    StageRun,
+    SynthesizeResult,
+    SyntheticPaths,
+    TrainAnnotatorResult,
+    write_result,
+)
 from cwpo_ray.student.config import AlignConfig, SFTConfig
 from cwpo_ray.synthetic.build import SyntheticConfig
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+R = TypeVar("R", bound=StageResult)
 
 
 class MethodSpec(StrictModel):
@@ -130,7 +148,16 @@ def _link_tree(srcs: list[Path], dst: Path) -> None:
                     shutil.copy2(f, target)
 
 
-def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> dict:
+def _recorded(cls: type[R], summary) -> R | None:
+    """A skipped stage's summary from the manifest as ``cls``; None when it is not one (recorded by an
+    older version, or not at all)."""
+    try:
+        return cls.model_validate(summary)
+    except ValidationError:
+        return None
+
+
+def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> PipelineResult:
     """Run the stages; ``train_callbacks`` (e.g. Tune's TuneReportCallback) go to align's TorchTrainer."""
     from cwpo_ray.runtime import init_ray
 
@@ -140,51 +167,68 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
     m = Manifest(run.root)
     init_ray(cfg.ray)
     fps: dict[str, str] = {}
-    out: dict = {"run_dir": str(run.root), "stages": {}}
+    stages: dict[str, StageRun] = {}
     t_start = time.time()
     ray_only = {"ray": cfg.ray}
 
-    def stage(name: str, stage_cfg, inputs: dict[str, str], output: Path, fn, fmt=None, artifacts=None):
+    def stage(name: str, cls: type[R], stage_cfg, inputs: dict[str, str], output: Path, fn: Callable[[], R],
+              fmt: Callable[[R], str] | None = None, artifacts=None) -> R:
+        """Run ``fn`` (a stage returning a ``cls``) unless the manifest has it done. The manifest keeps the
+        result's JSON dump; a skipped stage returns it as a ``cls`` again, and one whose recorded summary
+        is no ``cls`` runs again."""
         t = time.time()
         print(f"\n=== {name} ===", flush=True)
-        fp, result, skipped = m.run(name, stage_cfg.model_dump(mode="json"), inputs, output, fn, artifacts)
+        config = stage_cfg.model_dump(mode="json")
+        made: list[R] = []
+
+        def run_fn() -> dict:
+            made.append(fn())
+            return made[-1].model_dump(mode="json")
+
+        fp, summary, skipped = m.run(name, config, inputs, output, run_fn, artifacts)
+        result = made[-1] if made else _recorded(cls, summary)
+        if result is None:
+            print(f"{name}: its recorded summary is not a {cls.__name__} (an older version wrote it): running it again")
+            m.forget(name)
+            fp, _, skipped = m.run(name, config, inputs, output, run_fn, artifacts)
+            result = made[-1]
         fps[name] = fp
-        out["stages"][name] = {"skipped": skipped, "seconds": round(time.time() - t, 1), "output": str(output)}
+        stages[name] = StageRun(skipped=skipped, seconds=round(time.time() - t, 1), output=str(output))
         if skipped:
             print(f"{name}: up to date, skipped ({output})")
-        elif fmt and result is not None:
+        elif fmt:
             print(fmt(result))
         print(f"[{name}: {time.time() - t:.1f}s, pipeline {time.time() - t_start:.0f}s]", flush=True)
         return result
 
     # 1. synthesize (embedded task) -------------------------------------------------------------
-    paths: dict[str, str] = {}
+    syn_paths: SyntheticPaths | None = None
     if cfg.synthetic is not None:
         from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
         syn = _fill(cfg.synthetic, "synthetic", output_dir=str(run.synthetic))
-        stage("synthesize", syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn), format_synthesize)
-        paths = json.loads((Path(syn.output_dir) / "manifest.json").read_text())["paths"]
+        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn),
+                          format_synthesize).paths
 
     # 2. prepare ------------------------------------------------------------------------------------
     from cwpo_ray.prepare.stage import format_summary, run_prepare
 
     sources = cfg.prepare.sources or (
-        [SourceConfig(format="canonical", path=paths["data"], name="synthetic")] if paths else [])
+        [SourceConfig(format="canonical", path=syn_paths.data, name="synthetic")] if syn_paths else [])
     prep = _fill(cfg.prepare, "prepare", {**ray_only, "sources": sources}, output_dir=str(run.data),
-                 tokenizer=paths.get("tokenizer"))
+                 tokenizer=syn_paths.tokenizer if syn_paths else None)
     data = Path(prep.output_dir)
     if "prepare" in cfg.stages:
-        stage("prepare", prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep), format_summary,
-              [data / s for s in ("labeled", "unlabeled", "test")])  # validation follows the same config
+        stage("prepare", PrepareResult, prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep),
+              format_summary, [data / s for s in ("labeled", "unlabeled", "test")])  # validation follows the same config
 
     # 3. train-annotator ---------------------------------------------------------------------------
     from cwpo_ray.annotator.train import format_train_annotator, run_train_annotator
 
-    ann = _fill(cfg.annotator, "annotator", ray_only, model=paths.get("weak_base"), data_dir=str(data),
+    ann = _fill(cfg.annotator, "annotator", ray_only, model=syn_paths.weak_base if syn_paths else None, data_dir=str(data),
                 output_dir=str(run.annotator))
     if "train-annotator" in cfg.stages:
-        stage("train-annotator", ann, {"data": fps.get("prepare", "")}, Path(ann.output_dir),
+        stage("train-annotator", TrainAnnotatorResult, ann, {"data": fps.get("prepare", "")}, Path(ann.output_dir),
               lambda: run_train_annotator(ann), format_train_annotator, [RunLayout.model(ann.output_dir)])
 
     # 4. annotate -------------------------------------------------------------------------------------
@@ -194,24 +238,25 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
                   data_dir=str(data), output_dir=str(run.annotated))
     weak_labels = Path(annot.output_dir) / "labeled"
     if "annotate" in cfg.stages:
-        stage("annotate", annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
+        stage("annotate", AnnotateResult, annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
               Path(annot.output_dir), lambda: run_annotate(annot), format_annotate, [weak_labels])
+    labels: LabelReport | None = None
     if cfg.synthetic is not None and weak_labels.exists():
         from cwpo_ray.synthetic.diagnostics import format_label_report, label_report
 
-        out["labels"] = label_report(str(data), str(weak_labels))  # gold is known here only
-        run.label_stats.write_text(json.dumps(out["labels"], indent=2))
-        print(format_label_report(out["labels"]), flush=True)
+        labels = label_report(str(data), str(weak_labels))  # gold is known here only
+        write_result(run.root, labels, run.label_stats.name)
+        print(format_label_report(labels), flush=True)
 
     # 5. sft: the student on (prompt, human-chosen) of the labeled fraction ----------------------------
     from cwpo_ray.student.sft import format_sft, run_sft
 
     sft_owned = {**ray_only, **({"data_format": "pairs"} if cfg.sft.data_dir is None else {})}
-    sft = _fill(cfg.sft, "sft", sft_owned, model=paths.get("student_base"), data_dir=str(data / "labeled"),
-                output_dir=str(run.sft))
+    sft = _fill(cfg.sft, "sft", sft_owned, model=syn_paths.student_base if syn_paths else None,
+                data_dir=str(data / "labeled"), output_dir=str(run.sft))
     sft_model = str(RunLayout.model(sft.output_dir))
     if "sft" in cfg.stages:
-        stage("sft", sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft,
+        stage("sft", SFTResult, sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft,
               [Path(sft_model)])
 
     # 5b. generate (optional): candidate pairs from the SFT student for unlabeled prompts ------------------
@@ -220,8 +265,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
 
         gen = _fill(cfg.generate, "generate", ray_only, model=sft_model, prompts_path=str(data / "unlabeled"),
                     output_dir=str(run.generated))
-        stage("generate", gen, {"sft": fps.get("sft", ""), "data": fps.get("prepare", "")}, Path(gen.output_dir),
-              lambda: run_generate(gen), format_generate, [Path(gen.output_dir) / "pairs"])
+        stage("generate", GenerateResult, gen, {"sft": fps.get("sft", ""), "data": fps.get("prepare", "")},
+              Path(gen.output_dir), lambda: run_generate(gen), format_generate, [Path(gen.output_dir) / "pairs"])
 
     # 6. align: one student per method ----------------------------------------------------------------
     from cwpo_ray.student.align import format_align, run_align
@@ -243,7 +288,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
             model=sft_model)
         models[name] = str(RunLayout.model(al.output_dir))
         if "align" in cfg.stages:
-            stage(f"align/{name}", al, {"data": fp_in, "sft": fps.get("sft", "")}, Path(al.output_dir),
+            stage(f"align/{name}", AlignResult, al, {"data": fp_in, "sft": fps.get("sft", "")}, Path(al.output_dir),
                   lambda al=al: run_align(al, callbacks=train_callbacks),
                   format_align, [Path(models[name])])
 
@@ -252,41 +297,40 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> di
 
     ev = _fill(cfg.evaluate, "evaluate", ray_only, prompts_path=str(data / "test"), sft_model=sft_model,
                output_dir=str(run.eval), models=models)
+    evaluation, report, gate = None, None, None
     if "evaluate" in cfg.stages:
         inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models}}
-        stage("evaluate", ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev), format_evaluate,
-              [Path(ev.output_dir) / "metrics.json"])
-        out["report"] = str(Path(ev.output_dir) / "report.md")
-        metrics = json.loads((Path(ev.output_dir) / "metrics.json").read_text())
-        out["gate"] = sanity_gate(cfg.methods, metrics)
-    out["seconds"] = round(time.time() - t_start, 1)
-    return out
+        evaluation = stage("evaluate", EvaluateResult, ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev),
+                           format_evaluate, [Path(ev.output_dir) / "metrics.json"])
+        report = str(Path(ev.output_dir) / "report.md")
+        gate = sanity_gate(cfg.methods, evaluation)
+    return PipelineResult(run_dir=str(run.root), stages=stages, labels=labels, evaluation=evaluation, report=report,
+                          gate=gate, seconds=round(time.time() - t_start, 1))
 
 
-def sanity_gate(methods: dict[str, MethodSpec], metrics: dict) -> dict | None:
+def sanity_gate(methods: dict[str, MethodSpec], metrics: EvaluateResult) -> SanityGate | None:
     """Does preference optimization work in this setting at all? Human-DPO (DPO on the pool's own
     human labels) against its SFT model: it works when the GRA CI's lower bound is above 0.5."""
     for name, ms in methods.items():
-        if ms.labels == "human_unlabeled" and ms.loss == "dpo" and name in metrics.get("methods", {}):
-            m = metrics["methods"][name]
-            return {"method": name, "gra": m["gra"], "gra_ci": m["gra_ci"], "works": m["gra_ci"][0] > 0.5,
-                    "ci": metrics["ci"]}
+        if ms.labels == "human_unlabeled" and ms.loss == "dpo" and name in metrics.methods:
+            m = metrics.methods[name]
+            return SanityGate(method=name, gra=m.gra, gra_ci=m.gra_ci, works=m.gra_ci[0] > 0.5, ci=metrics.ci)
     return None
 
 
-def format_gate(g: dict) -> str:
-    lo, hi = g["gra_ci"]
-    verdict = "works here" if g["works"] else "does NOT demonstrably work here (GRA CI reaches 0.5)"
-    return f"preference optimization {verdict}: {g['method']} GRA {g['gra']:.3f} [{lo:.3f}, {hi:.3f}] vs its SFT model"
+def format_gate(g: SanityGate) -> str:
+    lo, hi = g.gra_ci
+    verdict = "works here" if g.works else "does NOT demonstrably work here (GRA CI reaches 0.5)"
+    return f"preference optimization {verdict}: {g.method} GRA {g.gra:.3f} [{lo:.3f}, {hi:.3f}] vs its SFT model"
 
 
-def format_pipeline(out: dict) -> str:
-    lines = [f"\npipeline finished in {out['seconds']:.0f}s: {out['run_dir']}"]
-    if out.get("gate"):
-        lines.insert(0, "\n" + format_gate(out["gate"]))
-    for name, s in out["stages"].items():
-        took = "skipped (up to date)" if s["skipped"] else f"{s['seconds']:.1f}s"
+def format_pipeline(out: PipelineResult) -> str:
+    lines = [f"\npipeline finished in {out.seconds:.0f}s: {out.run_dir}"]
+    if out.gate:
+        lines.insert(0, "\n" + format_gate(out.gate))
+    for name, s in out.stages.items():
+        took = "skipped (up to date)" if s.skipped else f"{s.seconds:.1f}s"
         lines.append(f"  {name:<22} {took}")
-    if "report" in out:
-        lines.append(f"report: {out['report']}")
+    if out.report:
+        lines.append(f"report: {out.report}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -114,3 +115,14 @@ def validate_pair(prompt: object, response_a: object, response_b: object, human_
 def truncate_raw(obj: object) -> str:
     s = obj if isinstance(obj, str) else repr(obj)
     return s if len(s) <= RAW_TRUNCATE else s[:RAW_TRUNCATE] + "…"
+
+
+def quarantine_row(source: str | None, reason: str, detail: str = "", raw: object = None) -> dict:
+    """One QUARANTINE_SCHEMA row, the only way any stage builds one. ``raw``: the offending input (a
+    string, or any object: its repr), truncated; None (a whole file) stays null."""
+    return {"source": source, "reason": reason, "detail": detail, "raw": None if raw is None else truncate_raw(raw)}
+
+
+def quarantine_table(rows: Iterable[dict]) -> pa.Table:
+    """:func:`quarantine_row` rows as a QUARANTINE_SCHEMA table (no rows: an empty one)."""
+    return pa.Table.from_pylist(list(rows), schema=QUARANTINE_SCHEMA)

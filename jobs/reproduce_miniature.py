@@ -30,7 +30,8 @@ METHODS = {
 }
 
 
-def run_seed(seed: int, run_dir: Path) -> dict:
+def run_seed(seed: int, run_dir: Path):
+    """One seed's pipeline; returns its :class:`~cwpo_ray.results.EvaluateResult` (eval/metrics.json)."""
     from cwpo_ray.config import load_config
     from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig, run_pipeline
 
@@ -39,11 +40,11 @@ def run_seed(seed: int, run_dir: Path) -> dict:
                  f"methods={json.dumps(METHODS)}", "stages=[prepare, train-annotator, annotate, sft, align, evaluate]"]
     cfg = load_config(PipelineConfig, DEMO_CONFIG, overrides)
     assert list(cfg.methods) == list(METHODS)
-    out = run_pipeline(cfg)
-    return json.loads((Path(out["report"]).parent / "metrics.json").read_text())
+    return run_pipeline(cfg).evaluation
 
 
-def aggregate(per_seed: dict[int, dict], out: Path) -> str:
+def aggregate(per_seed: dict, out: Path) -> str:
+    """``per_seed``: seed -> its EvaluateResult."""
     import matplotlib
     import numpy as np
 
@@ -53,11 +54,11 @@ def aggregate(per_seed: dict[int, dict], out: Path) -> str:
 
     rows = []
     for name in METHODS:
-        gras = [m["methods"][name]["gra"] for m in per_seed.values()]
-        gains = [m["methods"][name]["mean_gain"] for m in per_seed.values()]
+        gras = [m.methods[name].gra for m in per_seed.values()]
+        gains = [m.methods[name].mean_gain for m in per_seed.values()]
         rows.append({"method": name, "gra_mean": float(np.mean(gras)), "gra_sd": float(np.std(gras, ddof=1)) if len(gras) > 1 else 0.0,
                      "gras": gras, "gain_mean": float(np.mean(gains)),
-                     "cis": [m["methods"][name]["gra_ci"] for m in per_seed.values()]})
+                     "cis": [list(m.methods[name].gra_ci) for m in per_seed.values()]})
     seeds = sorted(per_seed)
     lines = [
         "# CW-PO in miniature (synthetic task)",

@@ -31,11 +31,12 @@ def seed_overrides(seed: int, run_dir: Path) -> list[str]:
             f"sft.seed={seed}", f"align.seed={seed}", f"evaluate.sampling.seed={seed}"]
 
 
-def check(metrics: dict, gate_method: str) -> dict:
-    g = metrics["methods"][gate_method]
-    lim = metrics["length_limit_share"]
-    worst = max(lim[m] - lim["sft"] for m in metrics["methods"])
-    return {"gra_ok": g["gra"] >= MIN_GRA, "lo_ok": g["gra_ci"][0] > MIN_LO, "length_ok": worst <= MAX_LIMIT_RISE,
+def check(metrics, gate_method: str) -> dict:
+    """The gate's criteria on one seed's :class:`~cwpo_ray.results.EvaluateResult`."""
+    g = metrics.methods[gate_method]
+    lim = metrics.length_limit_share
+    worst = max(lim[m] - lim["sft"] for m in metrics.methods)
+    return {"gra_ok": g.gra >= MIN_GRA, "lo_ok": g.gra_ci[0] > MIN_LO, "length_ok": worst <= MAX_LIMIT_RISE,
             "worst_length_rise": worst}
 
 
@@ -56,13 +57,13 @@ def main():
         t0 = time.time()
         cfg = load_config(PipelineConfig, DEMO_CONFIG, seed_overrides(seed, run_dir))
         res = run_pipeline(cfg)
-        m = json.loads((run_dir / f"seed{seed}" / "eval" / "metrics.json").read_text())
-        per_seed[seed] = {"metrics": m, "labels": res.get("labels", {}), "seconds": round(time.time() - t0, 1),
+        m = res.evaluation  # = {run_dir}/seed{seed}/eval/metrics.json
+        per_seed[seed] = {"metrics": m, "labels": res.labels, "seconds": round(time.time() - t0, 1),
                           "check": check(m, args.gate_method)}
-        print(f"[gate] seed {seed}: {args.gate_method} GRA {m['methods'][args.gate_method]['gra']:.3f} "
-              f"{m['methods'][args.gate_method]['gra_ci']} {per_seed[seed]['check']}", flush=True)
+        g = m.methods[args.gate_method]
+        print(f"[gate] seed {seed}: {args.gate_method} GRA {g.gra:.3f} {list(g.gra_ci)} {per_seed[seed]['check']}", flush=True)
 
-    methods = list(next(iter(per_seed.values()))["metrics"]["methods"])
+    methods = list(next(iter(per_seed.values()))["metrics"].methods)
     lines = ["# The sandbox gate: does preference optimization work here?", "",
              "Regenerate: `python jobs/sandbox_gate.py --seeds " + " ".join(map(str, args.seeds)) + "`. "
              "Default demo config (`cwpo_ray/configs/demo.yaml`), every seed field set to the seed; GRA on the "
@@ -73,32 +74,32 @@ def main():
     lines += [hdr, "|" + "---|" * (len(methods) + 3)]
     for seed, r in per_seed.items():
         m, c = r["metrics"], r["check"]
-        cells = [f"{m['methods'][n]['gra']:.3f} [{m['methods'][n]['gra_ci'][0]:.3f}, {m['methods'][n]['gra_ci'][1]:.3f}]"
-                 for n in methods]
+        cells = [f"{m.methods[n].gra:.3f} [{m.methods[n].gra_ci[0]:.3f}, {m.methods[n].gra_ci[1]:.3f}]" for n in methods]
         verdict = "pass" if all((c["gra_ok"], c["lo_ok"], c["length_ok"])) else \
             "FAIL (" + ", ".join(k for k in ("gra_ok", "lo_ok", "length_ok") if not c[k]) + ")"
-        lines.append(f"| {seed} | {m['num_prompts']} x {m['samples_per_prompt']} | " + " | ".join(cells) + f" | {verdict} |")
+        lines.append(f"| {seed} | {m.num_prompts} x {m.samples_per_prompt} | " + " | ".join(cells) + f" | {verdict} |")
     lines += ["", "Share of answers at the length limit and mean gold gain over SFT:", "",
               "| seed | SFT | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
     for seed, r in per_seed.items():
         m = r["metrics"]
-        lim = m["length_limit_share"]
+        lim = m.length_limit_share
         lines.append(f"| {seed} | {lim['sft']:.1%} | " + " | ".join(
-            f"{lim[n]:.1%} (gain {m['methods'][n]['mean_gain']:+.2f})" for n in methods) + " |")
+            f"{lim[n]:.1%} (gain {m.methods[n].mean_gain:+.2f})" for n in methods) + " |")
     lines += ["", "Label regime (measured against the gold reward; not tuned to any GRA):", "",
               "| seed | human vs gold | weak vs held-out human | weak vs gold | weak top-30% vs gold | run time |",
               "|---|---|---|---|---|---|"]
     for seed, r in per_seed.items():
         lab = r["labels"]
         if lab:
-            lines.append(f"| {seed} | {lab['human_gold_agreement']:.3f} | {lab['weak_human_agreement']:.3f} | "
-                         f"{lab['weak_gold_agreement']:.3f} | {lab['weak_gold_agreement_top']['top30']:.3f} | {r['seconds']:.0f}s |")
+            lines.append(f"| {seed} | {lab.human_gold_agreement:.3f} | {lab.weak_human_agreement:.3f} | "
+                         f"{lab.weak_gold_agreement:.3f} | {lab.weak_gold_agreement_top['top30']:.3f} | {r['seconds']:.0f}s |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sandbox_gate.md").write_text("\n".join(lines) + "\n")
     (out / "sandbox_gate.json").write_text(json.dumps(
-        {str(s): {"check": r["check"], "labels": r["labels"], "methods": r["metrics"]["methods"],
-                  "length_limit_share": r["metrics"]["length_limit_share"], "num_prompts": r["metrics"]["num_prompts"]}
+        {str(s): {"check": r["check"], "labels": r["labels"].model_dump(mode="json") if r["labels"] else {},
+                  "methods": {n: x.model_dump(mode="json") for n, x in r["metrics"].methods.items()},
+                  "length_limit_share": r["metrics"].length_limit_share, "num_prompts": r["metrics"].num_prompts}
          for s, r in per_seed.items()}, indent=2))
     print("\n".join(lines))
 

@@ -10,6 +10,7 @@ The rule, applied to validation numbers only:
 - a point is *admissible* when, in every seed, no method's share of answers at the length limit is
   more than 15 points above the SFT model's (the gate's length criterion);
 - among admissible points, the one with the highest Human-DPO validation GRA averaged over seeds.
+A point that is already inadmissible in one seed is not run in the later ones.
 
 Prints and writes a table (markdown + json) after every point; copy the selection into
 ``cwpo_ray/configs/demo.yaml`` by hand.
@@ -40,7 +41,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", default="runs/gate")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--grid", nargs="+", required=True, help="dotted.key=v1,v2,... (align fields)")
+    ap.add_argument("--grid", nargs="+", default=[], help="dotted.key=v1,v2,... (align fields; their product)")
+    ap.add_argument("--points", nargs="+", default=[], help="single points besides the grid: key=v,key=v")
     ap.add_argument("--gate-method", default="human-dpo")
     ap.add_argument("--out", default=None, help="results folder (default: {run-dir}/selection)")
     ap.add_argument("overrides", nargs="*")
@@ -53,31 +55,41 @@ def main():
     for g in args.grid:
         key, values = g.split("=", 1)
         axes.append([(key, v) for v in values.split(",")])
+    points = [dict(p) for p in itertools.product(*axes)] if axes else []
+    points += [dict(kv.split("=", 1) for kv in p.split(",")) for p in args.points]
+    if not points:
+        ap.error("give --grid and/or --points")
+    keys = list(dict.fromkeys(k for p in points for k in p))
     run = Path(args.run_dir).resolve()
     out = Path(args.out or run / "selection")
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    # Cumulative: rows measured by an earlier invocation (same run folder) are kept and not re-run.
+    rows = json.loads((out / "selection.json").read_text())["rows"] if (out / "selection.json").exists() else []
     for seed in args.seeds:
         sdir = run / f"seed{seed}"
         base = [*seed_overrides(seed, run), f"evaluate.prompts_path={sdir / 'data' / 'validation'}",
                 f"evaluate.output_dir={sdir / 'eval_validation'}",
                 "stages=[prepare, train-annotator, annotate, sft, align, evaluate]", *args.overrides]
-        for point in itertools.product(*axes):
-            sets = [f"{k}={v}" for k, v in point]
+        for point in points:
+            if any(r["seed"] == seed and r["point"] == point for r in rows):
+                continue
+            if any(r["point"] == point and worst_rise(r) > MAX_LIMIT_RISE for r in rows):
+                print(f"[select] seed {seed} {point}: skipped, already inadmissible in an earlier seed", flush=True)
+                continue
+            sets = [f"{k}={v}" for k, v in point.items()]
             cfg = load_config(PipelineConfig, DEMO_CONFIG, base + sets)
             t0 = time.time()
-            run_pipeline(cfg)
-            m = json.loads((sdir / "eval_validation" / "metrics.json").read_text())
-            lim = m["length_limit_share"]
-            rows.append({"seed": seed, "point": dict(point), "prompts": m["num_prompts"],
-                         "samples_per_prompt": m["samples_per_prompt"], "sft_length_limit": lim["sft"],
-                         "methods": {n: {"gra": r["gra"], "gra_ci": r["gra_ci"], "mean_gain": r["mean_gain"],
-                                         "length_limit": lim[n]} for n, r in m["methods"].items()},
+            m = run_pipeline(cfg).evaluation  # = {sdir}/eval_validation/metrics.json
+            lim = m.length_limit_share
+            rows.append({"seed": seed, "point": point, "prompts": m.num_prompts,
+                         "samples_per_prompt": m.samples_per_prompt, "sft_length_limit": lim["sft"],
+                         "methods": {n: {"gra": r.gra, "gra_ci": list(r.gra_ci), "mean_gain": r.mean_gain,
+                                         "length_limit": lim[n]} for n, r in m.methods.items()},
                          "seconds": round(time.time() - t0, 1)})
             print(f"[select] seed {seed} {' '.join(sets)}: " + ", ".join(
                 f"{n} GRA {r['gra']:.3f} at limit {r['length_limit']:.1%}" for n, r in rows[-1]["methods"].items())
                 + f" (SFT {lim['sft']:.1%})", flush=True)
-            print(write_table(rows, axes, run, args, out), flush=True)  # after every point: a cut-short run keeps what it measured
+            print(write_table(rows, keys, run, args, out), flush=True)  # after every point: a cut-short run keeps what it measured
 
 
 def worst_rise(row: dict) -> float:
@@ -101,13 +113,14 @@ def select(rows: list[dict], seeds: list[int], gate_method: str) -> tuple[dict |
     return (max(ok, key=lambda s: s["mean_gate_gra"]) if ok else None), summary
 
 
-def write_table(rows: list[dict], axes: list, run: Path, args, out: Path) -> str:
-    keys = [a[0][0] for a in axes]
+def write_table(rows: list[dict], keys: list[str], run: Path, args, out: Path) -> str:
+    keys = list(dict.fromkeys([*keys, *(k for r in rows for k in r["point"])]))
     methods = list(rows[0]["methods"])
     best, summary = select(rows, args.seeds, args.gate_method)
     lines = ["# Demo recipe selection on validation prompts (every demo method vs its SFT model)", "",
              f"- `python jobs/select_demo_recipe.py --seeds {' '.join(map(str, args.seeds))} --run-dir {args.run_dir} "
-             f"--grid {' '.join(args.grid)}{' ' + ' '.join(args.overrides) if args.overrides else ''}`",
+             f"{'--grid ' + ' '.join(args.grid) if args.grid else ''} {'--points ' + ' '.join(args.points) if args.points else ''}"
+             f"{' ' + ' '.join(args.overrides) if args.overrides else ''}` (cumulative over invocations)",
              f"- {rows[0]['prompts']} validation prompts (seed {rows[0]['seed']}) x {rows[0]['samples_per_prompt']} samples;"
              " the test split is not read.",
              f"- Rule: admissible = in every seed, no method's length-limit share more than {int(MAX_LIMIT_RISE * 100)} points"
@@ -115,13 +128,13 @@ def write_table(rows: list[dict], axes: list, run: Path, args, out: Path) -> str
              "", "| seed | " + " | ".join(keys) + " | " + " | ".join(f"{m} GRA (at limit)" for m in methods) + " | SFT at limit |",
              "|" + "---|" * (len(keys) + len(methods) + 2)]
     for r in rows:
-        lines.append(f"| {r['seed']} | " + " | ".join(str(r["point"][k]) for k in keys) + " | " + " | ".join(
+        lines.append(f"| {r['seed']} | " + " | ".join(str(r["point"].get(k, "-")) for k in keys) + " | " + " | ".join(
             f"{r['methods'][m]['gra']:.3f} ({r['methods'][m]['length_limit']:.1%})" for m in methods)
             + f" | {r['sft_length_limit']:.1%} |")
     lines += ["", "| " + " | ".join(keys) + f" | seeds | mean {args.gate_method} GRA | worst length rise | admissible |",
               "|" + "---|" * (len(keys) + 4)]
     for s in summary:
-        lines.append("| " + " | ".join(str(s["point"][k]) for k in keys) + f" | {','.join(map(str, s['seeds']))} | "
+        lines.append("| " + " | ".join(str(s["point"].get(k, "-")) for k in keys) + f" | {','.join(map(str, s['seeds']))} | "
                      f"{s['mean_gate_gra']:.3f} | {s['worst_length_rise'] * 100:+.1f} pts | {'yes' if s['admissible'] else 'no'} |")
     sel = ("`" + " ".join(f"{k}={v}" for k, v in best["point"].items()) + "`") if best else "none (no admissible point)"
     lines += ["", f"selected: {sel}", ""]

@@ -60,7 +60,7 @@ def synthetic_assets(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     summary = build_synthetic(SyntheticConfig(output_dir=str(out), task=SyntheticTaskConfig(num_pairs=1500, seed=0, human_agreement=0.9),
                                               pretrain=PretrainConfig(num_texts=1024, epochs=1)))
-    return {**summary["paths"], "summary": summary}
+    return {**summary.paths.model_dump(), "summary": summary}
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +73,7 @@ def prepared_data(ray_session, synthetic_assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
     cfg = build_config(PrepareConfig, {
         "sources": [{"format": "canonical", "path": synthetic_assets["data"], "name": "synthetic"}],
-        "output_dir": str(out), "tokenizer": synthetic_assets["tokenizer"], "max_tokens": 128,
+        "output_dir": str(out), "tokenizer": synthetic_assets["tokenizer"], "max_length": 128,
     })
     summary = run_prepare(cfg)
     return {"dir": str(out), "summary": summary}

@@ -9,7 +9,8 @@ import torch
 
 from cwpo_ray.annotator.losses import bradley_terry_loss, confidence, orient
 from cwpo_ray.annotator.metrics import accuracy, evaluate_pairs, expected_calibration_error, top_confident_accuracy
-from cwpo_ray.annotator.scoring import encode_texts, pad_batch, plan_batches
+from cwpo_ray.annotator.scoring import encode_texts, plan_batches
+from cwpo_ray.student.data import pad_batch, pad_sequences
 
 
 def test_bradley_terry_loss_hand_computed():
@@ -68,11 +69,28 @@ def test_plan_batches_token_budget_and_cover():
     assert padded(batches) < 0.7 * padded(naive)
 
 
+def test_pad_batch_and_pad_sequences_right_pad_to_a_multiple():
+    """The one padding helper: right padding (real tokens first), width rounded up to the multiple."""
+    x, m, n = pad_batch([[5, 6, 7], [8]], pad_id=0, pad_to_multiple_of=4)
+    assert x.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]] and m.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert n.tolist() == [3, 1] and x.dtype == m.dtype == n.dtype == torch.long
+    assert pad_batch([[1, 2, 3, 4]], 9, 4)[0].tolist() == [[1, 2, 3, 4]]  # already a multiple: no extra column
+    assert pad_batch([[1, 2, 3]], 9, 1)[0].tolist() == [[1, 2, 3]]
+    # the student's (ids, prompt_len) sequences: same ids/mask, response_mask = 1 after the prompt, 0 on padding
+    b = pad_sequences([([5, 6, 7], 1), ([8, 9], 2)], pad_id=0, multiple=4)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 0], [8, 9, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    assert b["response_mask"].tolist() == [[0, 1, 1, 0], [0, 0, 0, 0]] and b["response_mask"].dtype == torch.long
+    # pretraining's labels: padding is -100 (right side), every real token a target
+    labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+    assert labels.tolist() == [[5, 6, 7, -100], [8, 9, -100, -100]]
+
+
 def test_scorer_matches_plain_hf_forward(synthetic_assets):
     """The length-sorted, mask-free causal path equals HF's own padded forward, item by item."""
     from cwpo_ray.annotator.scoring import HFScorer
 
-    sc = HFScorer(synthetic_assets["weak_base"], max_tokens=64, max_batch_tokens=96, pad_to_multiple_of=8)
+    sc = HFScorer(synthetic_assets["weak_base"], max_length=64, max_batch_tokens=96, pad_to_multiple_of=8)
     prompts = ["\n\nHuman: tell me about cats in 4 words mention purr avoid fur\n\nAssistant:"] * 6
     responses = [" purr", " purr kitten thanks glad", " ugh", " whiskers paws meow purr kitten glad thanks very",
                  " snow", " the the the"]

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cwpo_ray.config import build_config
+from cwpo_ray.results import TrainAnnotatorResult, read_result
 
 
 @pytest.fixture(scope="module")
@@ -35,27 +36,28 @@ def test_train_annotator_zero2_beats_chance_and_confidence_is_informative(traine
     from cwpo_ray.annotator.train import format_train_annotator
 
     s = trained_annotator
-    t = s["held_out"]
+    t = s.held_out
     print(format_train_annotator(s))
-    assert s["workers"] == 2 and s["zero_stage"] == 2 and s["train_pairs"] > 300 and s["quarantined"] == 0
-    assert s["resumed_from"] == -1 and s["steps"] == s["history"][-1]["step"] > 20
-    assert s["train_loss"] < s["first_train_loss"] - 0.05 and s["train_accuracy"] > s["first_train_accuracy"]
+    assert s.workers == 2 and s.zero_stage == 2 and s.train_pairs > 300 and s.quarantined == 0
+    assert s.resumed_from == -1 and s.steps == s.history[-1]["step"] > 20
+    assert s.train_loss < s.first_train_loss - 0.05 and s.train_accuracy > s.first_train_accuracy
     # metrics.jsonl: one appended row per report (training rows every log_every_steps, then the final one)
-    rows = [json.loads(x) for x in open(os.path.join(s["output_dir"], "metrics.jsonl"))]
-    assert [r["step"] for r in rows if "loss" in r] == [h["step"] for h in s["history"]] and rows[-1]["final"] == 1
-    assert t["split"] == "validation" and t["pairs"] >= 100
-    assert t["accuracy"] > 0.6, t  # chance is 0.5 (human labels are BT-noisy, so the ceiling is < 1)
-    curve = t["top_confident_accuracy"]
-    assert curve["top30"] > t["accuracy"], curve  # confidence is informative
-    assert curve["top100"] == pytest.approx(t["accuracy"])
-    assert 0.0 <= t["ece"] < 0.5
-    for png in (t["reliability_png"], t["top_confident_png"]):
+    rows = [json.loads(x) for x in open(os.path.join(s.output_dir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "loss" in r] == [h["step"] for h in s.history] and rows[-1]["final"] == 1
+    assert t.split == "validation" and t.pairs >= 100
+    assert t.accuracy > 0.6, t  # chance is 0.5 (human labels are BT-noisy, so the ceiling is < 1)
+    curve = t.top_confident_accuracy
+    assert curve["top30"] > t.accuracy, curve  # confidence is informative
+    assert curve["top100"] == pytest.approx(t.accuracy)
+    assert 0.0 <= t.ece < 0.5
+    for png in (t.reliability_png, t.top_confident_png):
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     # final model: a plain save_pretrained folder with its tokenizer and trained head
-    m = AutoModelForSequenceClassification.from_pretrained(s["model_dir"])
+    m = AutoModelForSequenceClassification.from_pretrained(s.model_dir)
     assert m.config.num_labels == 1 and m.config.pad_token_id is not None
-    assert os.path.exists(os.path.join(s["model_dir"], "tokenizer.json"))
-    assert json.load(open(os.path.join(s["output_dir"], "summary.json")))["held_out"]["accuracy"] == t["accuracy"]
+    assert os.path.exists(os.path.join(s.model_dir, "tokenizer.json"))
+    assert json.load(open(os.path.join(s.output_dir, "summary.json")))["held_out"]["accuracy"] == t.accuracy
+    assert read_result(TrainAnnotatorResult, os.path.join(s.output_dir, "summary.json")) == s
 
 
 @pytest.mark.timeout(600)
@@ -76,11 +78,11 @@ def test_train_annotator_lora_resumes_after_killed_worker(prepared_data, synthet
     })
     s = run_train_annotator(cfg, worker_hooks=[KillWorker(step=3, rank=1)])
     print(format_train_annotator(s))
-    assert s["resumed_from"] == 2 and s["steps"] == 6 and s["train_pairs"] == 200 and s["lora"]
-    assert [(h["step"], h["resumed_from"]) for h in s["history"]] == [(2, -1), (4, 2), (6, 2)]
-    m = AutoModelForSequenceClassification.from_pretrained(s["model_dir"])
+    assert s.resumed_from == 2 and s.steps == 6 and s.train_pairs == 200 and s.lora
+    assert [(h["step"], h["resumed_from"]) for h in s.history] == [(2, -1), (4, 2), (6, 2)]
+    m = AutoModelForSequenceClassification.from_pretrained(s.model_dir)
     assert m.config.num_labels == 1 and not any("lora" in k for k in m.state_dict())
-    assert s["held_out"]["pairs"] >= 100
+    assert s.held_out.pairs >= 100
 
 
 def _read(pattern):
@@ -126,8 +128,8 @@ def test_annotate_killed_actor_exact_pair_ids_and_resume(trained_annotator, anno
 
     out = tmp_path / "annotated"
     cfg = build_config(AnnotateConfig, {
-        "model": trained_annotator["model_dir"], "input": annotate_input["dir"], "output_dir": str(out),
-        "max_tokens": 128, "block_rows": 100, "min_actors": 2, "max_actors": 2, "max_batch_tokens": 4096,
+        "model": trained_annotator.model_dir, "input": annotate_input["dir"], "output_dir": str(out),
+        "max_length": 128, "block_rows": 100, "min_actors": 2, "max_actors": 2, "max_batch_tokens": 4096,
     })
     s = run_annotate(cfg, actor_cls=KillOnceScorer)
     print(format_annotate(s))
@@ -138,9 +140,9 @@ def test_annotate_killed_actor_exact_pair_ids_and_resume(trained_annotator, anno
     ids = got.column("pair_id").to_pylist()
     assert len(ids) == len(set(ids)), "duplicated pairs"
     assert set(ids) == set(good_ids) | {"labeled-a"}, "lost or extra pairs"
-    assert s["pairs"] == s["unique_pair_ids"] == len(good_ids) + 1
+    assert s.pairs == s.unique_pair_ids == len(good_ids) + 1
     # bad rows are quarantined with their reason, not dropped
-    assert s["quarantine_reasons"] == {"empty_field:response_a": 1, "identical_responses": 1, "too_long": 1}
+    assert s.quarantine_reasons == {"empty_field:response_a": 1, "identical_responses": 1, "too_long": 1}
     q = _read(str(out / "quarantine" / "*.parquet"))
     assert sorted(q.column("reason").to_pylist()) == ["empty_field:response_a", "identical_responses", "too_long"]
 
@@ -153,20 +155,20 @@ def test_annotate_killed_actor_exact_pair_ids_and_resume(trained_annotator, anno
     np.testing.assert_allclose(conf, 2 * (1 / (1 + np.exp(-(sc - sr))) - 0.5), atol=1e-6)
     # `prepare` keeps the (hidden) human labels of the unlabeled split: agreement is a real diagnostic
     n_human = sum(x is not None for x in annotate_input["good"].column("human_label").to_pylist()) + 1
-    assert s["human_labeled_pairs"] == n_human and s["human_agreement"] > 0.55
-    assert sum(s["confidence_hist"]["counts"]) == s["pairs"]
-    assert open(s["confidence_hist_png"], "rb").read(4) == b"\x89PNG"
-    assert s["blocks_skipped"] == 0 and s["pairs_per_s"] > 0
+    assert s.human_labeled_pairs == n_human and s.human_agreement > 0.55
+    assert sum(s.confidence_hist.counts) == s.pairs
+    assert open(s.confidence_hist_png, "rb").read(4) == b"\x89PNG"
+    assert s.blocks_skipped == 0 and s.pairs_per_s > 0
 
     # resume: a re-run skips every finished block ...
     again = run_annotate(cfg)
-    assert again["blocks_skipped"] == again["blocks"] and again["pairs_scored_this_run"] == 0
+    assert again.blocks_skipped == again.blocks and again.pairs_scored_this_run == 0
     # ... and after losing one block's output scores exactly that block again
     victim = sorted(glob.glob(str(out / "labeled" / "part-good-*.parquet")))[1]
     n_victim = pq.read_metadata(victim).num_rows
     os.remove(victim)
     third = run_annotate(cfg)
-    assert third["blocks_skipped"] == third["blocks"] - 1 and third["pairs_scored_this_run"] == n_victim
+    assert third.blocks_skipped == third.blocks - 1 and third.pairs_scored_this_run == n_victim
     final = _read(str(out / "labeled" / "*.parquet"))
     assert sorted(final.column("pair_id").to_pylist()) == sorted(ids)
     # a different model into the same output is refused unless overwrite=true

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     if __name__ == "__main__":
         model, ids_path, out_path = sys.argv[1:4]
         ids = json.load(open(ids_path))
-        scorer = VLLMScorer(model, max_tokens=128, dtype="float32", enforce_eager=True)
+        scorer = VLLMScorer(model, max_length=128, dtype="float32", enforce_eager=True)
         json.dump(scorer.score_ids(ids).tolist(), open(out_path, "w"))
 """)
 
@@ -65,7 +65,7 @@ def test_vllm_backend_matches_hf_backend(synthetic_assets, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got_vllm = np.array(json.loads((tmp_path / "vllm.json").read_text()))
 
-    hf = HFScorer(str(scorer_dir), dtype="float32", max_tokens=128).score_ids(ids)
+    hf = HFScorer(str(scorer_dir), dtype="float32", max_length=128).score_ids(ids)
     assert len(got_vllm) == len(hf) == 64
     assert np.std(hf) > 0.05  # scores are spread out, so agreement is not trivial
     # raw logits, not σ(logit): a sigmoid would squash everything into (0, 1)

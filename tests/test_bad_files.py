@@ -96,6 +96,8 @@ def test_check_inputs_from_metadata(tmp_path):
     out = str(tmp_path / "out")
     write_bad_files(out, c.bad)
     assert files_quarantine(out) == {**EXPECTED, "part-y.parquet": "wrong_column_types"}
+    assert pq.read_table(os.path.join(out, "quarantine", FILES_QUARANTINE)).to_pylist() == [
+        {"source": b.path, "reason": b.reason, "detail": b.detail, "raw": None} for b in c.bad]
     write_bad_files(out, [])
     assert not os.path.exists(os.path.join(out, "quarantine", FILES_QUARANTINE))
 
@@ -130,7 +132,7 @@ def _prepare(sources, out, **kw):
     from cwpo_ray.prepare.config import PrepareConfig
     from cwpo_ray.prepare.stage import format_summary, run_prepare
 
-    cfg = build_config(PrepareConfig, {"sources": sources, "output_dir": str(out), "max_tokens": None, **kw})
+    cfg = build_config(PrepareConfig, {"sources": sources, "output_dir": str(out), "max_length": None, **kw})
     s = run_prepare(cfg)
     print(format_summary(s))
     return s
@@ -156,11 +158,11 @@ def test_prepare_quarantines_bad_files_and_drops_duplicates(ray_session, tmp_pat
     out = tmp_path / "out"
     s = _prepare(sources, out)
     # every good row processed: 60 + 2 duplicates from the shards, 10 from the jsonl; the 2 copies quarantined
-    assert s["rows_in"] == 72 and s["kept"] == 70 and s["quarantined"] == 2
-    assert s["duplicate_pairs"] == 2 and s["duplicates"] == "drop"
-    assert s["files_quarantined"] == 3
-    assert s["quarantine_reasons"] == {"duplicate_pair_id": 2, "unreadable_file": 2, "missing_columns": 1}
-    assert {(b["source"], os.path.basename(b["path"]), b["reason"]) for b in s["bad_files"]} == {
+    assert s.rows_in == 72 and s.kept == 70 and s.quarantined == 2
+    assert s.duplicate_pairs == 2 and s.duplicates == "drop"
+    assert s.files_quarantined == 3
+    assert s.quarantine_reasons == {"duplicate_pair_id": 2, "unreadable_file": 2, "missing_columns": 1}
+    assert {(b.source, os.path.basename(b.path), b.reason) for b in s.bad_files} == {
         ("shards", "part-t.parquet", "unreadable_file"), ("shards", "part-w.parquet", "missing_columns"),
         ("gz", "more.jsonl.gz", "unreadable_file")}
     assert files_quarantine(out) == {**EXPECTED, "more.jsonl.gz": "unreadable_file"}
@@ -170,7 +172,7 @@ def test_prepare_quarantines_bad_files_and_drops_duplicates(ray_session, tmp_pat
     assert set(kept.column("prompt").to_pylist()) == {r["prompt"] for r in rows + canonical_rows(10, 200)}
     q = pq.read_table(out / "quarantine" / "duplicates.parquet").to_pylist()
     assert sorted(r["reason"] for r in q) == ["duplicate_pair_id"] * 2
-    assert s["per_source"]["shards"]["quarantine"] == 2 and sum(s["splits"].values()) == 70
+    assert s.per_source["shards"]["quarantine"] == 2 and sum(s.splits.values()) == 70
     assert json.load(open(out / "summary.json"))["files_quarantined"] == 3
 
     with pytest.raises(ConfigError) as e:
@@ -183,8 +185,8 @@ def test_prepare_keeps_duplicates_when_asked(ray_session, tmp_path):
     rows = canonical_rows(12)
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:3]))
     s = _prepare([{"format": "canonical", "path": str(tmp_path / "a.jsonl")}], tmp_path / "out", duplicates="keep")
-    assert s["rows_in"] == s["kept"] == 15 and s["duplicate_pairs"] == 3 and s["quarantined"] == 0
-    assert "duplicate_pair_id" not in s["quarantine_reasons"] and s["files_quarantined"] == 0
+    assert s.rows_in == s.kept == 15 and s.duplicate_pairs == 3 and s.quarantined == 0
+    assert "duplicate_pair_id" not in s.quarantine_reasons and s.files_quarantined == 0
     assert _read_splits(tmp_path / "out").num_rows == 15
 
 
@@ -214,21 +216,49 @@ def test_annotate_quarantines_bad_files(ray_session, tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     cfg = build_config(AnnotateConfig, {"model": str(model), "input": f["dir"], "output_dir": str(out),
-                                        "min_actors": 1, "max_actors": 1, "max_tokens": 64})
+                                        "min_actors": 1, "max_actors": 1, "max_length": 64})
     with pytest.raises(ConfigError) as e:
         run_annotate(cfg.model_copy(update={"on_bad_file": "fail"}), actor_cls=FakeScorerActor)
     assert_one_line_naming(e, "part-t.parquet")
     assert not os.path.exists(out / "labeled")
     s = run_annotate(cfg, actor_cls=FakeScorerActor)
     print(format_annotate(s))
-    assert s["pairs"] == s["unique_pair_ids"] == 40 and s["quarantined"] == 0 and s["blocks"] == 2
-    assert s["files_quarantined"] == 2 and s["quarantine_reasons"] == {"unreadable_file": 1, "missing_columns": 1}
+    assert s.pairs == s.unique_pair_ids == 40 and s.quarantined == 0 and s.blocks == 2
+    assert s.files_quarantined == 2 and s.quarantine_reasons == {"unreadable_file": 1, "missing_columns": 1}
     assert files_quarantine(out) == EXPECTED
     assert "bad input files: 2" in format_annotate(s)
     # a file without the optional human_label / source columns is fine: read as null
     pq.write_table(pa.Table.from_pylist(pair_rows(5, 40)).drop_columns(["human_label", "source"]), f"{f['dir']}/part-2.parquet")
     s2 = run_annotate(cfg, actor_cls=FakeScorerActor)
-    assert s2["pairs"] == 45 and s2["blocks_skipped"] == 2 and s2["files_quarantined"] == 2
+    assert s2.pairs == 45 and s2.blocks_skipped == 2 and s2.files_quarantined == 2
+
+
+# ------------------------------------------------------------------------------------------ train-annotator
+def test_train_annotator_checks_the_validation_split_first(ray_session, tmp_path):
+    """The held-out split's files are checked before any compute, like the labeled split's: fail stops the
+    run naming the file; quarantine records them with the labeled split's and the evaluation reads the rest."""
+    from cwpo_ray.annotator.config import AnnotatorTrainConfig
+    from cwpo_ray.annotator.train import load_training_pairs, read_pairs, run_train_annotator
+
+    data = tmp_path / "data"
+    (data / "labeled").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(pair_rows(10), schema=PAIR_SCHEMA), data / "labeled" / "part-0.parquet")
+    good = [pa.Table.from_pylist(pair_rows(4, 10), schema=PAIR_SCHEMA), pa.Table.from_pylist(pair_rows(3, 14), schema=PAIR_SCHEMA)]
+    f = bad_folder(data / "validation", good, pa.table({"text": ["x"]}))
+    cfg = build_config(AnnotatorTrainConfig, {"model": "unused", "data_dir": str(data), "output_dir": str(tmp_path / "ann"),
+                                              "on_bad_file": "fail"})
+    with pytest.raises(ConfigError) as e:  # before Ray, the model or the training split is touched
+        run_train_annotator(cfg)
+    assert_one_line_naming(e, "part-t.parquet")
+    assert not os.path.exists(tmp_path / "ann" / "quarantine")
+
+    eval_check = check_inputs(f["dir"], PAIR_SCHEMA.names)
+    _, counts = load_training_pairs(cfg.model_copy(update={"on_bad_file": "quarantine"}), eval_check.bad)
+    assert counts["train_pairs"] == 5 and counts["quarantined"] == 5  # rows without a human label
+    assert counts["files_quarantined"] == 2
+    assert counts["quarantine_reasons"] == {"no_human_label": 5, "unreadable_file": 1, "missing_columns": 1}
+    assert files_quarantine(tmp_path / "ann") == EXPECTED
+    assert read_pairs(eval_check.read_path()).column("pair_id").to_pylist() == [r["pair_id"] for r in pair_rows(7, 10)]
 
 
 # ------------------------------------------------------------------------------------------- sft / align

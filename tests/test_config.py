@@ -22,6 +22,23 @@ def test_unknown_field_names_it():
         build_config(PipelineConfig, overrides=["prepare.nope=1"])
 
 
+@pytest.mark.parametrize("stage", ["prepare", "annotate"])
+def test_old_max_tokens_name_is_an_unknown_field(stage):
+    """The token limit of prompt + response is ``max_length`` everywhere (like the training configs);
+    the old ``max_tokens`` fails like any unknown field (extra="forbid"), it is not an alias."""
+    from pydantic import ValidationError
+
+    from cwpo_ray.annotator.config import AnnotateConfig
+
+    with pytest.raises(ConfigError, match=rf"^config error: {stage}\.max_tokens: unknown field"):
+        build_config(PipelineConfig, overrides=[f"{stage}.max_tokens=512"])
+    cls = {"prepare": PrepareConfig, "annotate": AnnotateConfig}[stage]
+    with pytest.raises(ValidationError) as e:
+        cls.model_validate({"max_tokens": 512})
+    assert [(x["type"], x["loc"]) for x in e.value.errors()] == [("extra_forbidden", ("max_tokens",))]
+    assert cls.model_validate({"max_length": 300}).max_length == 300
+
+
 def test_invalid_value_names_field_and_value():
     with pytest.raises(ConfigError) as e:
         build_config(PipelineConfig, overrides=["prepare.labeled_fraction=1.5"])

@@ -12,6 +12,7 @@ from cwpo_ray.config import ConfigError, build_config
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.evaluate.gold import GoldConfig, GoldReward, HFRewardModel, build_gold_reward, hh_to_messages
 from cwpo_ray.evaluate.metrics import gra
+from cwpo_ray.results import EvaluateResult, read_result
 
 # ---------------------------------------------------------------- GRA on fixed scores
 
@@ -177,7 +178,7 @@ def test_evaluate_stage_gra_report_and_plots(ray_session, prepared_data, synthet
         "engine": {"enforce_eager": True, "max_model_len": 256}})
     m = run_evaluate(cfg)
     print(format_evaluate(m))
-    assert m["num_prompts"] == 60 and m["samples_per_prompt"] == k
+    assert m.num_prompts == 60 and m.samples_per_prompt == k
     # GRA recomputed by hand from the written responses and gold rewards: sample j vs sample j, per prompt
     resp = pq.read_table(out + "/responses.parquet").to_pylist()
     gold = {(r["method"], r["prompt_id"], r["sample"]): r["gold"] for r in resp}
@@ -185,23 +186,24 @@ def test_evaluate_stage_gra_report_and_plots(ray_session, prepared_data, synthet
     assert len(resp) == 3 * 60 * k and len(pids) == 60
     for name in ("tuned", "same"):
         d = np.array([[gold[(name, p, j)] - gold[("sft", p, j)] for j in range(k)] for p in pids])
-        t = m["methods"][name]
-        assert (t["wins"], t["ties"]) == (int((d > 0).sum()), int((d == 0).sum()))
-        assert t["gra"] == pytest.approx((d > 0).mean()) and t["mean_gain"] == pytest.approx(d.mean())
-        assert t["gra_ci"][0] <= t["gra"] <= t["gra_ci"][1]
-    assert m["methods"]["same"]["tie_rate"] < 0.9  # independent samples of one model mostly differ
+        t = m.methods[name]
+        assert (t.wins, t.ties) == (int((d > 0).sum()), int((d == 0).sum()))
+        assert t.gra == pytest.approx((d > 0).mean()) and t.mean_gain == pytest.approx(d.mean())
+        assert t.gra_ci[0] <= t.gra <= t.gra_ci[1]
+    assert m.methods["same"].tie_rate < 0.9  # independent samples of one model mostly differ
     # independent seeding: each model has its own seed for every (prompt, sample)
     seeds = {}
     for r in resp:
         seeds.setdefault((r["prompt_id"], r["sample"]), []).append(r["seed"])
     assert all(len(set(v)) == 3 for v in seeds.values())
-    assert set(m["length_limit_share"]) == {"sft", "tuned", "same"}
-    t = m["methods"]["tuned"]
-    assert json.load(open(out + "/metrics.json"))["methods"]["tuned"]["gra"] == t["gra"]
+    assert set(m.length_limit_share) == {"sft", "tuned", "same"}
+    t = m.methods["tuned"]
+    assert json.load(open(out + "/metrics.json"))["methods"]["tuned"]["gra"] == t.gra
+    assert read_result(EvaluateResult, out + "/metrics.json") == read_result(EvaluateResult, out + "/summary.json") == m
     report = open(out + "/report.md").read()
     assert "| tuned |" in report and "| same |" in report
     for png in ("gra.png", "gold_rewards.png"):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert all(g["backends"] == {"vllm": 60 * k} for g in m["generation"].values())
+    assert all(g.backends == {"vllm": 60 * k} for g in m.generation.values())
     assert "at length limit" in report

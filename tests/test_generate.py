@@ -98,6 +98,26 @@ def test_pair_candidates_pairs_and_quarantines_with_reasons():
         assert r["human_label"] is None and r["source"] == "gen"
     reasons = sorted(r["reason"] for r in quarantine)
     assert reasons == ["bad_utf8:response_b", "identical_responses"] + ["missing_candidate"] * 5
+    p2 = prompt_id("p2")
+    assert [(r["source"], r["detail"], r["raw"], r["pair_id"]) for r in quarantine if r["reason"].startswith("bad_utf8")] == [
+        ("gen", f"prompt {p2}: candidates 0,1 (seeds 10,11)", repr({"prompt": "p2", "response_a": " fine", "response_b": "bad \ufffd"}),
+         None)]
+    assert [(r["detail"], r["raw"]) for r in quarantine if r["reason"] == "missing_candidate"][-1] == \
+        (f"prompt {prompt_id('p3')}: candidates 1,2; have [0]", "p3")
+
+
+def test_read_prompts_unique_with_bad_prompts_as_quarantine_rows(tmp_path):
+    from cwpo_ray.generate.stage import read_prompts
+
+    path = str(tmp_path / "p.parquet")
+    pq.write_table(pa.table({"prompt": ["a", None, "  ", "a", "b"]}), path)
+    prompts, bad, counts = read_prompts(path)
+    assert prompts == ["a", "b"]
+    assert [(r["split"], r["source"], r["reason"], r["detail"], r["raw"]) for r in bad.to_pylist()] == [
+        ("quarantine", "prompts", "null_field:prompt", f"{path} row 1", None),
+        ("quarantine", "prompts", "empty_field:prompt", f"{path} row 2", "  ")]
+    assert counts == {"rows_in": 5, "unique_prompts": 2, "duplicate_prompts": 1, "bad_prompts": 2,
+                      "not_used_max_prompts": 0, "prompts_used": 2}
 
 
 def test_config_rejects_bad_values_naming_the_field():
@@ -130,10 +150,10 @@ def test_generate_writes_valid_canonical_pairs_with_vllm(ray_session, prepared_d
         "sampling": {"max_new_tokens": 24, "seed": 3}, "engine": ENGINE})
     s = run_generate(cfg)
     print(format_generate(s))
-    g = s["generation"]
-    assert g["backends"] == {"vllm": 120} and g["fallback_reasons"] == [] and g["device"] == "cpu"
-    assert g["finish_reasons"].get("stop", 0) > 60  # the tuned model ends its answers with eos
-    assert s["prompts"]["prompts_used"] == 40 and s["prompts"]["duplicate_prompts"] > 0  # test split: 1 prompt, many pairs
+    g = s.generation
+    assert g.backends == {"vllm": 120} and g.fallback_reasons == [] and g.device == "cpu"
+    assert g.finish_reasons.get("stop", 0) > 60  # the tuned model ends its answers with eos
+    assert s.prompts.prompts_used == 40 and s.prompts.duplicate_prompts > 0  # test split: 1 prompt, many pairs
 
     cands = pq.read_table(out + "/candidates")
     assert cands.schema.equals(CANDIDATE_SCHEMA) and cands.num_rows == 120
@@ -145,12 +165,12 @@ def test_generate_writes_valid_canonical_pairs_with_vllm(ray_session, prepared_d
     quarantine = pq.read_table(out + "/quarantine")
     assert pairs.schema.equals(PAIR_SCHEMA) and quarantine.schema.equals(QUARANTINE_SCHEMA)
     assert pairs.num_rows + quarantine.num_rows == 120  # 40 prompts x 3 pairs, all accounted for
-    assert pairs.num_rows == s["pairs"] > 60
+    assert pairs.num_rows == s.pairs > 60
     for r in pairs.to_pylist():
         assert validate_pair(r["prompt"], r["response_a"], r["response_b"]) is None
         assert r["pair_id"] == pair_id(r["prompt"], r["response_a"], r["response_b"])
         assert r["human_label"] is None and r["source"] == "generated"
-    assert sum(s["quarantine_reasons"].values()) == quarantine.num_rows
+    assert sum(s.quarantine_reasons.values()) == quarantine.num_rows
     summary = json.load(open(out + "/summary.json"))
     assert summary["pairs"] == pairs.num_rows
 
@@ -190,11 +210,11 @@ def test_hf_fallback_only_when_vllm_cannot_load_and_says_so(ray_session, biogpt_
                                         "engine": eng})
     s = run_generate(cfg)
     text = format_generate(s)
-    g = s["generation"]
-    assert g["requested_backend"] == "vllm" and g["backends"] == {"hf": 12}
-    assert any("not supported" in r for r in g["fallback_reasons"]), g["fallback_reasons"]
+    g = s.generation
+    assert g.requested_backend == "vllm" and g.backends == {"hf": 12}
+    assert any("not supported" in r for r in g.fallback_reasons), g.fallback_reasons
     assert "HF fallback" in text
-    assert s["prompts"]["bad_prompts"] == 1 and s["quarantine_reasons"].get("empty_field:prompt") == 1
+    assert s.prompts.bad_prompts == 1 and s.quarantine_reasons.get("empty_field:prompt") == 1
 
 
 @pytest.mark.timeout(180)
@@ -206,9 +226,9 @@ def test_hf_backend_when_asked_and_no_silent_fallback(ray_session, biogpt_lm, tu
     cfg = build_config(GenerateConfig, {"model": tuned_lm, "prompts_path": prompts, "output_dir": str(tmp_path / "hf"),
                                         "sampling": {"max_new_tokens": 16}, "engine": {**ENGINE, "backend": "hf"}})
     s = run_generate(cfg)
-    assert s["generation"]["requested_backend"] == "hf" and s["generation"]["backends"] == {"hf": 12}
-    assert s["generation"]["fallback_reasons"] == []
-    assert s["generation"]["finish_reasons"].get("stop", 0) > 0
+    assert s.generation.requested_backend == "hf" and s.generation.backends == {"hf": 12}
+    assert s.generation.fallback_reasons == []
+    assert s.generation.finish_reasons.get("stop", 0) > 0
     # Fallback switched off: vLLM's load error surfaces instead of a quiet switch.
     cfg = build_config(GenerateConfig, {"model": biogpt_lm, "prompts_path": prompts, "output_dir": str(tmp_path / "x"),
                                         "sampling": {"max_new_tokens": 8},

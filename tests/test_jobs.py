@@ -179,7 +179,7 @@ def test_submit_synthesize_and_prepare_job(ray_head, tmp_path):
     cfg.write_text(yaml.safe_dump({
         "sources": [{"format": "canonical", "path": str(syn_dir / "pairs.jsonl"), "name": "synthetic"}],
         "output_dir": out_uri, "labeled_fraction": 0.3, "test_fraction": 0.1,
-        "tokenizer": str(syn_dir / "tokenizer"), "max_tokens": 128, "batch_size": 256,
+        "tokenizer": str(syn_dir / "tokenizer"), "max_length": 128, "batch_size": 256,
     }))
     runtime_env = yaml.safe_load((JOBS / "runtime_env.yaml").read_text())
     runtime_env["working_dir"] = str(REPO)

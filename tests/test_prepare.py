@@ -22,7 +22,7 @@ def _read(d, split):
 
 
 def _prepare(tmp_path, sources, **kw):
-    cfg = build_config(PrepareConfig, {"sources": sources, "output_dir": str(tmp_path / "out"), "max_tokens": None, **kw})
+    cfg = build_config(PrepareConfig, {"sources": sources, "output_dir": str(tmp_path / "out"), "max_length": None, **kw})
     return run_prepare(cfg), str(tmp_path / "out")
 
 
@@ -38,10 +38,10 @@ def test_hh_with_corrupted_rows(ray_session, tmp_path):
     ]
     path = write_jsonl(tmp_path / "hh.jsonl", HH_ROWS, corrupted)
     s, out = _prepare(tmp_path, [{"format": "hh_rlhf", "path": path}], test_fraction=0.0, labeled_fraction=1.0)
-    assert s["rows_in"] == len(HH_ROWS) + len(corrupted)
-    assert s["kept"] == len(HH_ROWS) and s["quarantined"] == len(corrupted)
-    assert s["kept"] + s["quarantined"] == s["rows_in"]
-    assert s["quarantine_reasons"] == {
+    assert s.rows_in == len(HH_ROWS) + len(corrupted)
+    assert s.kept == len(HH_ROWS) and s.quarantined == len(corrupted)
+    assert s.kept + s.quarantined == s.rows_in
+    assert s.quarantine_reasons == {
         "null_field:rejected": 1, "bad_json": 2, "bad_utf8": 1, "identical_responses": 1,
         "hh_prompt_mismatch": 1, "missing_column:chosen": 1,
     }
@@ -69,7 +69,7 @@ def test_split_is_independent_of_row_order(ray_session, tmp_path, synthetic_asse
     maps = []
     for name in ("a", "b"):
         s, out = _prepare(tmp_path / name, [{"format": "canonical", "path": str(tmp_path / f"{name}.jsonl")}])
-        assert s["rows_in"] == 600
+        assert s.rows_in == 600
         m = {}
         for split in ("labeled", "unlabeled", "validation", "test"):
             t = _read(out, split)
@@ -98,6 +98,38 @@ def test_assign_split_fractions_and_stable_test_split():
     assert [a == "test" for a in with_val] == [b == "test" for b in without]  # test split unchanged
 
 
+def test_normalizer_rows_and_quarantine_rows(monkeypatch):
+    """The pure core: every input item comes out once, a usable pair with its split, any other as a
+    quarantine row (source, reason, detail, raw) with the pair columns null."""
+    import cwpo_ray.prepare.core as core
+    from cwpo_ray.schema import assign_split, pair_id
+
+    monkeypatch.setattr(core, "token_lengths", lambda tok, texts: [len(t.split()) for t in texts])  # 1 word = 1 token
+    norm = core.Normalizer("canonical", "src", {}, test_fraction=0.1, labeled_fraction=0.3, split_seed=0,
+                           tokenizer="words", max_length=6)
+    t = norm([
+        (None, "bad_json", "f:1", "{oops"),
+        ({"prompt": "p", "response_a": "x", "response_b": "y", "human_label": "c"}, None, "f:2", "line 2"),
+        ({"prompt": "p", "response_a": "same", "response_b": "same"}, None, "f:3", "line 3"),
+        ({"prompt": "q one", "response_a": " a", "response_b": " b", "human_label": None}, None, "f:4", "line 4"),
+        ({"prompt": "w w w w w", "response_a": " a a", "response_b": " b"}, None, "f:5", "line 5"),
+    ])
+    assert t.schema.equals(core.BATCH_SCHEMA)
+    rows = t.to_pylist()
+    pair_cols = ("pair_id", "prompt", "response_a", "response_b", "human_label")
+    assert [(r["source"], r["reason"], r["detail"], r["raw"]) for r in rows if r["split"] == "quarantine"] == [
+        ("src", "bad_json", "f:1", "{oops"),
+        ("src", "bad_label", "f:2: label 'c' is not one of a/b/0/1", "line 2"),
+        ("src", "identical_responses", "f:3", "line 3"),
+        ("src", "too_long", "7 tokens > max_length=6", "w w w w w ||  a a ||  b"),
+    ]
+    assert all(r[k] is None for r in rows if r["split"] == "quarantine" for k in pair_cols)
+    assert rows[3] == {"pair_id": pair_id("q one", " a", " b"), "prompt": "q one", "response_a": " a", "response_b": " b",
+                       "human_label": None, "source": "src", "split": assign_split("q one", 0.1, 0.3, 0),
+                       "reason": None, "detail": None, "raw": None}
+    assert norm([]).num_rows == 0
+
+
 def test_many_formats_and_length_filter(ray_session, tmp_path, synthetic_assets):
     pq.write_table(pa.Table.from_pylist(TLDR_ROWS), tmp_path / "tldr.parquet")
     harmless = write_jsonl(tmp_path / "harmless.jsonl", HH_ROWS[:2])
@@ -111,12 +143,12 @@ def test_many_formats_and_length_filter(ray_session, tmp_path, synthetic_assets)
         {"format": "ultrafeedback", "path": ufb},
         {"format": "tldr", "path": str(tmp_path / "tldr.parquet")},
         {"format": "generic", "path": str(tmp_path / "long.parquet"), "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}},
-    ], tokenizer=synthetic_assets["tokenizer"], max_tokens=300)
-    assert s["rows_in"] == 2 + 1 + 2 + 2 + 1
-    assert s["quarantine_reasons"] == {"too_long": 1}
-    assert set(s["per_source"]) == {"hh/harmless", "hh/helpful", "ultrafeedback", "tldr", "generic"}
-    assert sum(s["splits"].values()) == 7
+    ], tokenizer=synthetic_assets["tokenizer"], max_length=300)
+    assert s.rows_in == 2 + 1 + 2 + 2 + 1
+    assert s.quarantine_reasons == {"too_long": 1}
+    assert set(s.per_source) == {"hh/harmless", "hh/helpful", "ultrafeedback", "tldr", "generic"}
+    assert sum(s.splits.values()) == 7
     q = _read(out, "quarantine").to_pylist()
-    assert "max_tokens=300" in q[0]["detail"]
+    assert "max_length=300" in q[0]["detail"]
     summary = json.loads(open(f"{out}/summary.json").read())
     assert summary["kept"] == 7

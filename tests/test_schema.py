@@ -1,6 +1,6 @@
 import random
 
-from cwpo_ray.schema import assign_split, pair_id, validate_pair
+from cwpo_ray.schema import QUARANTINE_SCHEMA, RAW_TRUNCATE, assign_split, pair_id, quarantine_row, quarantine_table, validate_pair
 
 
 def test_pair_id_is_stable_and_order_free():
@@ -36,3 +36,19 @@ def test_validate_pair_reasons():
     assert validate_pair("p\ufffd", "a", "b") == "bad_utf8:prompt"
     assert validate_pair("p", "a\udcff", "b") == "bad_utf8:response_a"
     assert validate_pair("p", "a", "b", "c") == "bad_label"
+
+
+def test_quarantine_row_and_table():
+    assert quarantine_row("hh", "bad_json", "f.jsonl:3", "{oops") == \
+        {"source": "hh", "reason": "bad_json", "detail": "f.jsonl:3", "raw": "{oops"}
+    # any object: its repr; a whole file: raw stays null; detail defaults to ""
+    assert quarantine_row("s", "no_human_label", raw={"x": 1})["raw"] == "{'x': 1}"
+    assert quarantine_row("/d/part-0.parquet", "unreadable_file") == \
+        {"source": "/d/part-0.parquet", "reason": "unreadable_file", "detail": "", "raw": None}
+    long = quarantine_row("s", "too_long", raw="x" * (RAW_TRUNCATE + 5))["raw"]
+    assert long == "x" * RAW_TRUNCATE + "…"
+    t = quarantine_table([quarantine_row("a", "r1", "d1", "x"), quarantine_row("b", "r2")])
+    assert t.schema.equals(QUARANTINE_SCHEMA)
+    assert t.to_pylist() == [{"source": "a", "reason": "r1", "detail": "d1", "raw": "x"},
+                             {"source": "b", "reason": "r2", "detail": "", "raw": None}]
+    assert quarantine_table([]).num_rows == 0 and quarantine_table([]).schema.equals(QUARANTINE_SCHEMA)

@@ -208,6 +208,8 @@ def test_human_pairs_conversion_and_validation():
     assert good.column("chosen").to_pylist() == ["good", "good"]
     assert good.column("confidence").to_pylist() == [1.0, 1.0]
     assert sorted(bad.column("reason").to_pylist()) == ["identical_responses", "no_human_label"]
+    assert bad.to_pylist()[0] == {"source": "human_pairs", "reason": "no_human_label", "detail": "",
+                                  "raw": repr(pairs.to_pylist()[2])}
 
     rows = [
         {"pair_id": "a", "prompt": "p", "chosen": "c", "rejected": "r", "score_chosen": 2.0, "score_rejected": 1.0,
@@ -223,6 +225,8 @@ def test_human_pairs_conversion_and_validation():
     ok, q = validate_labeled(t, needs_scores=True)
     assert ok.column("pair_id").to_pylist() == ["a"]
     assert q.column("reason").to_pylist() == ["bad_confidence", "empty_field:prompt", "missing_scores"]
+    assert q.column("detail").to_pylist() == ["nan", "", ""] and set(q.column("source").to_pylist()) == {"labeled"}
+    assert q.column("raw").to_pylist() == [repr(r) for r in t.to_pylist()[1:]]
     w = add_weights(ok, "scaled_clip_delta").column("weight").to_pylist()
     assert w == pytest.approx([0.2])
 

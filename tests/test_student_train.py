@@ -86,9 +86,9 @@ def test_sft_lowers_response_nll(sft_model):
     from transformers import AutoModelForCausalLM
 
     s = sft_model
-    assert s["steps"] == 10 and s["rows_used"] > 100 and s["rows_used"] + s["quarantined"] == s["rows_in"]
-    assert s["last_loss"] < s["first_loss"] - 0.3
-    AutoModelForCausalLM.from_pretrained(s["model_dir"])
+    assert s.steps == 10 and s.rows_used > 100 and s.rows_used + s.quarantined == s.rows_in
+    assert s.last_loss < s.first_loss - 0.3
+    AutoModelForCausalLM.from_pretrained(s.model_dir)
 
 
 @pytest.mark.timeout(300)
@@ -97,24 +97,24 @@ def test_align_zero2_on_the_fly_loss_decreases(sft_model, labeled_dir, tmp_path)
 
     from cwpo_ray.student.align import format_align, run_align
 
-    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model["model_dir"], "data_dir": labeled_dir,
+    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model.model_dir, "data_dir": labeled_dir,
                                      "output_dir": str(tmp_path), "zero_stage": 2, "lr": 3e-4, "grad_accum": 1,
                                      "warmup_steps": 0, "max_steps": 12, "weighting": "confidence"})
     s = run_align(cfg)
     print(format_align(s))
-    assert s["steps"] == 12 and s["reference_mode"] == "on_the_fly"
-    assert s["last_loss"] < s["first_loss"]
-    assert s["last_reward_margin"] > s["first_reward_margin"] + 0.05
-    assert s["last_weighted_pref_acc"] > s["first_weighted_pref_acc"]
-    assert 0 < s["weights_mean_weight"] < 1
-    assert s["quarantined"] == 3 and s["quarantine_reasons"] == {"empty_field:prompt": 1, "identical_responses": 1,
+    assert s.steps == 12 and s.reference_mode == "on_the_fly"
+    assert s.last_loss < s.first_loss
+    assert s.last_reward_margin > s.first_reward_margin + 0.05
+    assert s.last_weighted_pref_acc > s.first_weighted_pref_acc
+    assert 0 < s.weights_mean_weight < 1
+    assert s.quarantined == 3 and s.quarantine_reasons == {"empty_field:prompt": 1, "identical_responses": 1,
                                                                  "bad_confidence": 1}
     assert os.listdir(tmp_path / "quarantine")
     hist = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert [h["step"] for h in hist if "loss" in h] == [2, 4, 6, 8, 10, 12]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-    student = AutoModelForCausalLM.from_pretrained(s["model_dir"])
-    ref = AutoModelForCausalLM.from_pretrained(sft_model["model_dir"])
+    student = AutoModelForCausalLM.from_pretrained(s.model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(sft_model.model_dir)
     moved = sum((a - b).abs().sum().item() for a, b in zip(student.parameters(), ref.parameters()))
     assert moved > 0
 
@@ -129,7 +129,7 @@ def test_align_zero3_precomputed_resume_after_killed_worker_and_reload(sft_model
     from cwpo_ray.student.align import format_align, run_align
     from tests.student_fixtures import KillWorker
 
-    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model["model_dir"], "data_dir": labeled_dir,
+    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model.model_dir, "data_dir": labeled_dir,
                                      "output_dir": str(tmp_path), "zero_stage": 3, "lr": 3e-4, "grad_accum": 2,
                                      "batch_size": 8, "warmup_steps": 0, "max_steps": 6, "loss": "ipo",
                                      "weighting": "top_fraction", "top_fraction": 0.5,
@@ -137,11 +137,11 @@ def test_align_zero3_precomputed_resume_after_killed_worker_and_reload(sft_model
                                      "max_failures": 1})
     s = run_align(cfg, worker_hooks=[KillWorker(step=3, rank=1)])
     print(format_align(s))
-    assert s["resumed_from"] == 2 and s["steps"] == 6
-    assert s["weights_nonzero_weight_fraction"] == pytest.approx(0.5, abs=0.05)
+    assert s.resumed_from == 2 and s.steps == 6
+    assert s.weights_nonzero_weight_fraction == pytest.approx(0.5, abs=0.05)
     assert os.listdir(tmp_path / "ref_logprobs")
-    sd = get_fp32_state_dict_from_zero_checkpoint(s["checkpoint"], tag="ds")
-    student = AutoModelForCausalLM.from_pretrained(s["model_dir"])
+    sd = get_fp32_state_dict_from_zero_checkpoint(s.checkpoint, tag="ds")
+    student = AutoModelForCausalLM.from_pretrained(s.model_dir)
     compared = 0
     for name, p in student.state_dict().items():
         key = "lm." + name

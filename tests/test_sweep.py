@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cwpo_ray.config import ConfigError, build_config
+from cwpo_ray.results import SweepResult, SweepRow, read_result
 from cwpo_ray.sweep.config import SweepConfig
 from cwpo_ray.sweep.tune import base_pipeline, method_name, trial_name, write_results
 
@@ -24,14 +25,14 @@ def test_bad_sweep_config_fails_fast():
 
 
 def test_write_results(tmp_path):
-    rows = [dict(labeled_fraction=lf, method=m, loss="dpo", weighting=w, beta=b, gra=0.5 + 0.1 * b, gra_ci_low=0.4,
-                 gra_ci_high=0.7, gold_gain=0.1, status="ok")
+    rows = [SweepRow(labeled_fraction=lf, method=m, loss="dpo", weighting=w, beta=b, gra=0.5 + 0.1 * b, gra_ci_low=0.4,
+                     gra_ci_high=0.7, gold_gain=0.1, status="ok")
             for lf in (0.1, 0.3) for m, w in (("cw-dpo", "confidence"), ("dpo", "none")) for b in (0.1, 0.5)]
     write_results(rows, tmp_path)
     with open(tmp_path / "results.csv") as f:
         back = list(csv.DictReader(f))
     assert [(float(r["labeled_fraction"]), r["method"], float(r["beta"]), float(r["gra"])) for r in back] == \
-        [(r["labeled_fraction"], r["method"], r["beta"], r["gra"]) for r in rows]
+        [(r.labeled_fraction, r.method, r.beta, r.gra) for r in rows]
     assert "| 0.300 | cw-dpo | dpo | confidence | 0.500 | 0.550 |" in (tmp_path / "results.md").read_text()
     import matplotlib.image
 
@@ -53,10 +54,11 @@ def test_sweep_2x2_on_synthetic_task(tmp_path, ray_session):
                      "evaluate": {"max_prompts": 12, "num_bootstrap": 200}},
     })
     s = run_sweep(cfg)
-    assert s["trials"] == 4 and s["ok"] == 4, s["rows"]
-    for r in s["rows"]:
-        assert 0.0 <= r["gra"] <= 1.0 and r["gra_ci_low"] <= r["gra"] <= r["gra_ci_high"]
+    assert s.trials == 4 and s.ok == 4, s.rows
+    for r in s.rows:
+        assert 0.0 <= r.gra <= 1.0 and r.gra_ci_low <= r.gra <= r.gra_ci_high
     out = Path(cfg.output_dir)
+    assert read_result(SweepResult, out / "summary.json") == s
     assert (out / "results.md").exists() and (out / "gra_sweep.png").exists()
     # the annotator was trained once for the shared labeled fraction, not once per trial
     manifest = json.loads((out / "labeled_fraction=0.3" / "manifest.json").read_text())

@@ -122,6 +122,6 @@ def test_label_report_against_gold(tmp_path):
                              "confidence": pa.array([0.9, 0.8, 0.3, 0.1], pa.float32()),
                              "human_label_agrees": [True, True, False, None]}), tmp_path / "ann" / "part-0.parquet")
     r = label_report(str(tmp_path / "data"), str(tmp_path / "ann"))
-    assert r["human_gold_agreement"] == 0.75
-    assert r["weak_gold_agreement"] == 0.75 and r["weak_human_agreement"] == pytest.approx(2 / 3)
-    assert r["weak_gold_agreement_top"]["top30"] == 1.0 and r["weak_gold_agreement_top"]["top100"] == 0.75
+    assert r.human_gold_agreement == 0.75
+    assert r.weak_gold_agreement == 0.75 and r.weak_human_agreement == pytest.approx(2 / 3)
+    assert r.weak_gold_agreement_top["top30"] == 1.0 and r.weak_gold_agreement_top["top100"] == 0.75

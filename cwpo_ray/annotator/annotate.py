@@ -32,7 +32,8 @@ from cwpo_ray.annotator.config import AnnotateConfig, local_abspath
 from cwpo_ray.annotator.losses import confidence, orient
 from cwpo_ray.config import ConfigError, require
 from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, write_bad_files
-from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, QUARANTINE_SCHEMA, truncate_raw, validate_pair
+from cwpo_ray.results import AnnotateResult, write_result
+from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, quarantine_row, quarantine_table, validate_pair
 
 log = logging.getLogger(__name__)
 STATE_FILE = "annotate_state.json"
@@ -93,17 +94,17 @@ def read_block(block: dict) -> pa.Table:
     return t.select(PAIR_SCHEMA.names)
 
 
-def split_valid(table: pa.Table, tokenizer, max_tokens: int):
+def split_valid(table: pa.Table, tokenizer, max_length: int):
     """(rows to score + their token ids, quarantine rows). Reasons: schema.validate_pair's, or
-    ``too_long`` (over ``max_tokens``; scoring a truncated text would judge a different pair)."""
+    ``too_long`` (over ``max_length``; scoring a truncated text would judge a different pair)."""
     from cwpo_ray.annotator.scoring import encode_texts
 
     rows, quarantine = [], []
     for r in table.to_pylist():
         reason = validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"])
         if reason:
-            quarantine.append({"source": r.get("source"), "reason": reason, "detail": f"pair_id={r.get('pair_id')}",
-                               "raw": truncate_raw(json.dumps(r, ensure_ascii=False, default=str))})
+            quarantine.append(quarantine_row(r.get("source"), reason, f"pair_id={r.get('pair_id')}",
+                                             json.dumps(r, ensure_ascii=False, default=str)))
         else:
             rows.append(r)
     if not rows:
@@ -114,10 +115,10 @@ def split_valid(table: pa.Table, tokenizer, max_tokens: int):
     keep = []
     for i, r in enumerate(rows):
         n = max(len(ids_a[i]), len(ids_b[i]))
-        if n > max_tokens:
-            quarantine.append({"source": r.get("source"), "reason": "too_long",
-                               "detail": f"pair_id={r['pair_id']} tokens={n} > max_tokens={max_tokens}",
-                               "raw": truncate_raw(json.dumps(r, ensure_ascii=False, default=str))})
+        if n > max_length:
+            quarantine.append(quarantine_row(r.get("source"), "too_long",
+                                             f"pair_id={r['pair_id']} tokens={n} > max_length={max_length}",
+                                             json.dumps(r, ensure_ascii=False, default=str)))
         else:
             keep.append(i)
     return [rows[i] for i in keep], [ids_a[i] for i in keep], [ids_b[i] for i in keep], quarantine
@@ -166,18 +167,18 @@ class ScorerActor:
 
         self.c = c  # (the vLLM scorer sets vLLM's CPU environment itself: runtime.vllm_cpu_env)
         hf_only = {k: c[k] for k in HF_ONLY} if c["backend"] == "hf" else {}
-        self.scorer = make_scorer(c["backend"], c["model"], max_tokens=c["max_tokens"], dtype=c["dtype"],
+        self.scorer = make_scorer(c["backend"], c["model"], max_length=c["max_length"], dtype=c["dtype"],
                                   trust_remote_code=c["trust_remote_code"], **hf_only)
 
     def process_block(self, block: dict) -> dict:
         t0 = time.time()
         table = read_block(block)
-        rows, ids_a, ids_b, quarantine = split_valid(table, self.scorer.tokenizer, self.c["max_tokens"])
+        rows, ids_a, ids_b, quarantine = split_valid(table, self.scorer.tokenizer, self.c["max_length"])
         scores = self.scorer.score_ids(ids_a + ids_b) if rows else np.empty(0, np.float32)
         labeled = label_rows(rows, scores[: len(rows)], scores[len(rows):])
         qpath = io.join(self.c["output_dir"], "quarantine", f"{block['key']}.parquet")
         if quarantine:
-            write_atomic(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), qpath)
+            write_atomic(quarantine_table(quarantine), qpath)
         elif io.exists(qpath):  # a stale file from an earlier run of this block
             io.rmtree(qpath)
         write_atomic(labeled, block_output(self.c["output_dir"], block["key"]))  # last: marks the block done
@@ -230,7 +231,7 @@ def summarize_output(output_dir: str, hist_bins: int) -> dict:
 def _check_state(cfg: AnnotateConfig, input_path: str) -> None:
     """Refuse to resume into an output written by another model / input / block size."""
     state = {"model": cfg.model, "input": input_path,
-             "block_rows": cfg.block_rows, "max_tokens": cfg.max_tokens}
+             "block_rows": cfg.block_rows, "max_length": cfg.max_length}
     path = io.join(cfg.output_dir, STATE_FILE)
     if cfg.overwrite:
         for sub in ("labeled", "quarantine"):
@@ -244,7 +245,7 @@ def _check_state(cfg: AnnotateConfig, input_path: str) -> None:
     io.write_text(path, json.dumps(state, indent=2))
 
 
-def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> dict:
+def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> AnnotateResult:
     """Annotate ``input`` (or ``{data_dir}/unlabeled``) into ``{output_dir}/labeled``; returns the summary.
 
     ``actor_cls``: the Ray Data callable class (a subclass of :class:`ScorerActor` in tests)."""
@@ -295,44 +296,44 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> dict:
     png = os.path.join(io.resolve(cfg.output_dir)[1], "confidence_hist.png") if "://" not in cfg.output_dir else None
     if png:
         confidence_histogram(h["counts"], h["edges"], png)
-    summary = {
+    summary = AnnotateResult(
         **out,
-        "blocks": len(blocks),
-        "blocks_skipped": skipped,
-        "pairs_scored_this_run": done_pairs,
-        "seconds": round(seconds, 2),
-        "pairs_per_s": round(done_pairs / seconds, 1) if done_pairs and seconds > 0 else None,
-        "backend": cfg.backend,
-        "model": cfg.model,
-        "input": input_path,
-        "output": io.join(cfg.output_dir, "labeled"),
-        "confidence_hist_png": png,
-        "output_dir": cfg.output_dir,
-        "bad_files": check.summary()["bad_files"],
-    }
-    io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
+        blocks=len(blocks),
+        blocks_skipped=skipped,
+        pairs_scored_this_run=done_pairs,
+        seconds=round(seconds, 2),
+        pairs_per_s=round(done_pairs / seconds, 1) if done_pairs and seconds > 0 else None,
+        backend=cfg.backend,
+        model=cfg.model,
+        input=input_path,
+        output=io.join(cfg.output_dir, "labeled"),
+        confidence_hist_png=png,
+        output_dir=cfg.output_dir,
+        bad_files=check.summary()["bad_files"],
+    )
+    write_result(cfg.output_dir, summary)
     return summary
 
 
-def format_annotate(s: dict) -> str:
-    rate = f", {s['pairs_per_s']:.0f} pairs/s" if s.get("pairs_per_s") else ""
+def format_annotate(s: AnnotateResult) -> str:
+    rate = f", {s.pairs_per_s:.0f} pairs/s" if s.pairs_per_s else ""
     lines = [
-        f"annotate: {s['pairs']} pairs labeled ({s['pairs_scored_this_run']} this run in {s['seconds']:.1f}s{rate}; "
-        f"{s['blocks_skipped']}/{s['blocks']} blocks resumed), {s['quarantined']} quarantined [{s['backend']}]",
+        f"annotate: {s.pairs} pairs labeled ({s.pairs_scored_this_run} this run in {s.seconds:.1f}s{rate}; "
+        f"{s.blocks_skipped}/{s.blocks} blocks resumed), {s.quarantined} quarantined [{s.backend}]",
     ]
-    if s["confidence_mean"] is not None:
-        q = s["confidence_quantiles"]
-        lines.append(f"  confidence: mean {s['confidence_mean']:.3f}, p10 {q['p10']:.3f}, p50 {q['p50']:.3f}, "
-                     f"p90 {q['p90']:.3f}  (histogram: {s['confidence_hist_png']})")
-    if s["human_agreement"] is not None:
-        lines.append(f"  agreement with {s['human_labeled_pairs']} human labels: {s['human_agreement']:.3f}")
-    if s["quarantine_reasons"]:
-        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
-                     + f"  (see {s['output_dir']}/quarantine/)")
-    if s.get("files_quarantined"):
-        lines.append(f"  bad input files: {s['files_quarantined']} quarantined whole "
-                     f"(see {s['output_dir']}/quarantine/{FILES_QUARANTINE})")
-    lines.append(f"  output: {s['output']}/*.parquet")
+    if s.confidence_mean is not None:
+        q = s.confidence_quantiles
+        lines.append(f"  confidence: mean {s.confidence_mean:.3f}, p10 {q['p10']:.3f}, p50 {q['p50']:.3f}, "
+                     f"p90 {q['p90']:.3f}  (histogram: {s.confidence_hist_png})")
+    if s.human_agreement is not None:
+        lines.append(f"  agreement with {s.human_labeled_pairs} human labels: {s.human_agreement:.3f}")
+    if s.quarantine_reasons:
+        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s.quarantine_reasons.items())
+                     + f"  (see {s.output_dir}/quarantine/)")
+    if s.files_quarantined:
+        lines.append(f"  bad input files: {s.files_quarantined} quarantined whole "
+                     f"(see {s.output_dir}/quarantine/{FILES_QUARANTINE})")
+    lines.append(f"  output: {s.output}/*.parquet")
     return "\n".join(lines)
 
 

@@ -53,7 +53,7 @@ class AnnotateConfig(StrictModel):
     output_dir: str | None = None  # {output_dir}/labeled/*.parquet (LABELED_SCHEMA), quarantine/, summary.json
     on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema input file: quarantine it, or fail
     backend: Literal["hf", "vllm"] = "hf"
-    max_tokens: int = Field(default=512, gt=1)
+    max_length: int = Field(default=512, gt=1)  # tokens of prompt + response; longer pairs are quarantined (too_long)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     max_batch_tokens: int = Field(default=16384, gt=0)  # HF backend: padded tokens per forward
     max_batch_size: int = Field(default=256, gt=0)

@@ -75,16 +75,16 @@ def load_scorer_model(path: str, tokenizer=None, dtype=None, device: str = "cpu"
     return model
 
 
-def encode_texts(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_tokens: int) -> tuple[list[list[int]], int]:
+def encode_texts(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
     """Token ids of ``prompt + response`` (the tokenizer's special tokens included), and how many were
-    truncated. Over-long texts keep their *last* ``max_tokens`` tokens: the response, which the score
+    truncated. Over-long texts keep their *last* ``max_length`` tokens: the response, which the score
     reads at the final token, survives; the start of the prompt is cut."""
     texts = [p + r for p, r in zip(prompts, responses)]
     ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     n_trunc = 0
     for i, x in enumerate(ids):
-        if len(x) > max_tokens:
-            ids[i] = x[-max_tokens:]
+        if len(x) > max_length:
+            ids[i] = x[-max_length:]
             n_trunc += 1
     return ids, n_trunc
 
@@ -114,20 +114,6 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     return batches
 
 
-def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, pad_to_multiple_of: int = 8):
-    """Right-padded ``input_ids`` [B, L], ``attention_mask`` [B, L] and ``lengths`` [B] (torch int64)."""
-    import torch
-
-    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-    m = max(1, pad_to_multiple_of)
-    width = int(-(-int(lengths.max()) // m) * m)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    return input_ids, attention_mask, lengths
-
-
 def last_token_scores(model, input_ids, attention_mask, lengths, causal: bool):
     """s(x, y) for a right-padded batch: the scalar head on each sequence's last real token.
 
@@ -154,7 +140,7 @@ class HFScorer:
     base model (worth it on GPU for long runs; compile time is minutes on CPU).
     """
 
-    def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", max_tokens: int = 512,
+    def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", max_length: int = 512,
                  max_batch_tokens: int = 16384, max_batch_size: int = 256, pad_to_multiple_of: int = 8,
                  attn_implementation: str | None = "sdpa", compile: bool = False, trust_remote_code: bool = False,
                  model=None, tokenizer=None):
@@ -162,7 +148,7 @@ class HFScorer:
 
         device = local_device(device)
         self.device, self.dtype = device, torch_dtype(dtype, device)
-        self.max_tokens, self.max_batch_tokens, self.max_batch_size = max_tokens, max_batch_tokens, max_batch_size
+        self.max_length, self.max_batch_tokens, self.max_batch_size = max_length, max_batch_tokens, max_batch_size
         self.pad_to_multiple_of = pad_to_multiple_of
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code)
         self.model = model if model is not None else load_scorer_model(
@@ -178,6 +164,8 @@ class HFScorer:
     def score_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
 
+        from cwpo_ray.student.data import pad_batch
+
         out = np.empty(len(ids), dtype=np.float32)
         if not len(ids):
             return out
@@ -191,7 +179,7 @@ class HFScorer:
         return out
 
     def score_texts(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[np.ndarray, int]:
-        ids, n_trunc = encode_texts(self.tokenizer, prompts, responses, self.max_tokens)
+        ids, n_trunc = encode_texts(self.tokenizer, prompts, responses, self.max_length)
         return self.score_ids(ids), n_trunc
 
 
@@ -203,7 +191,7 @@ class VLLMScorer:
     ``if __name__ == "__main__":`` guard and, on CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB).
     """
 
-    def __init__(self, model_path: str, max_tokens: int = 512, dtype: str = "auto", enforce_eager: bool = True,
+    def __init__(self, model_path: str, max_length: int = 512, dtype: str = "auto", enforce_eager: bool = True,
                  gpu_memory_utilization: float = 0.85, trust_remote_code: bool = False, tokenizer=None):
         import os
 
@@ -216,10 +204,10 @@ class VLLMScorer:
         from vllm import LLM
 
         dtype = dtype_name(dtype, device)
-        self.max_tokens = max_tokens
+        self.max_length = max_length
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code)
         t0 = time.time()
-        self.llm = LLM(model=model_path, runner="pooling", dtype=dtype, max_model_len=max_tokens,
+        self.llm = LLM(model=model_path, runner="pooling", dtype=dtype, max_model_len=max_length,
                        enforce_eager=enforce_eager, trust_remote_code=trust_remote_code,
                        gpu_memory_utilization=gpu_memory_utilization)
         log.info("vLLM pooling engine for %s up in %.1fs", model_path, time.time() - t0)
@@ -234,7 +222,7 @@ class VLLMScorer:
         return np.array([o.outputs.probs[0] for o in outs], dtype=np.float32)
 
     def score_texts(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[np.ndarray, int]:
-        ids, n_trunc = encode_texts(self.tokenizer, prompts, responses, self.max_tokens)
+        ids, n_trunc = encode_texts(self.tokenizer, prompts, responses, self.max_length)
         return self.score_ids(ids), n_trunc
 
 

@@ -9,7 +9,6 @@ DeepSpeed ZeRO 0-3, LoRA, checkpoints and resume) and the evaluation in the driv
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,6 +20,8 @@ import pyarrow.parquet as pq
 from cwpo_ray import io
 from cwpo_ray.annotator.config import AnnotatorTrainConfig, local_abspath
 from cwpo_ray.config import ConfigError, require
+from cwpo_ray.inputs import check_inputs, write_bad_files
+from cwpo_ray.results import TrainAnnotatorResult, write_result
 from cwpo_ray.schema import PAIR_SCHEMA, validate_pair
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,12 @@ TRAIN_SPLIT = "labeled"
 EVAL_SPLIT = "validation"  # the test split is for the final evaluation only
 
 
-def read_pairs(path: str) -> pa.Table:
-    """All rows of a parquet file or folder (``*.parquet``) in PAIR_SCHEMA order."""
+def read_pairs(path: str | list[str]) -> pa.Table:
+    """All rows of a parquet file or folder (``*.parquet``), or of a list of files (an
+    :class:`~cwpo_ray.inputs.InputCheck`'s ``read_path()``), in PAIR_SCHEMA order."""
+    if not isinstance(path, str):
+        fs = io.resolve(path[0])[0]
+        return pq.ParquetDataset([io.resolve(f)[1] for f in path], filesystem=fs).read().select(PAIR_SCHEMA.names)
     fs, p = io.resolve(path)
     info = fs.get_file_info(p)
     if info.type.name == "NotFound":
@@ -39,12 +44,14 @@ def read_pairs(path: str) -> pa.Table:
     return table.select(PAIR_SCHEMA.names)
 
 
-def load_training_pairs(cfg: AnnotatorTrainConfig) -> tuple:
+def load_training_pairs(cfg: AnnotatorTrainConfig, eval_bad_files: list = ()) -> tuple:
     """(prompt, chosen, rejected) of the labeled split's human-labeled pairs as a materialized Ray
-    Dataset, and the counts (rows without a usable label or with bad text are quarantined)."""
+    Dataset, and the counts (rows without a usable label or with bad text are quarantined; bad files of
+    this split and ``eval_bad_files``, the validation split's, are quarantined and counted together)."""
     from cwpo_ray.student.stage import load_pairs
 
-    ds, counts = load_pairs(cfg, needs_scores=False, data_dir=io.join(cfg.data_dir, TRAIN_SPLIT), data_format="pairs")
+    ds, counts = load_pairs(cfg, needs_scores=False, data_dir=io.join(cfg.data_dir, TRAIN_SPLIT), data_format="pairs",
+                            also_bad_files=eval_bad_files)
     n = counts["rows_used"]
     if cfg.max_train_pairs and cfg.max_train_pairs < n:
         ds, n = ds.limit(cfg.max_train_pairs), cfg.max_train_pairs
@@ -52,9 +59,10 @@ def load_training_pairs(cfg: AnnotatorTrainConfig) -> tuple:
     return ds.select_columns(["pair_id", "prompt", "chosen", "rejected"]).materialize(), {**counts, "train_pairs": n}
 
 
-def evaluate_annotator(model_dir: str, eval_path: str, out_dir: str, max_length: int = 512,
+def evaluate_annotator(model_dir: str, eval_path: str | list[str], out_dir: str, max_length: int = 512,
                        max_batch_tokens: int = 16384, n_bins: int = 10, trust_remote_code: bool = False) -> dict:
-    """Held-out evaluation (pure core + files): accuracy, ECE, top-N% curve, reliability plot PNG."""
+    """Held-out evaluation (pure core + files): accuracy, ECE, top-N% curve, reliability plot PNG.
+    ``eval_path``: a folder / file, or the checked files (:func:`read_pairs`)."""
     from cwpo_ray.annotator.metrics import evaluate_pairs, reliability_plot, top_confident_plot
     from cwpo_ray.annotator.scoring import HFScorer
 
@@ -63,7 +71,7 @@ def evaluate_annotator(model_dir: str, eval_path: str, out_dir: str, max_length:
             and validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"]) is None]
     if not rows:
         raise ConfigError(f"config error: data_dir: no human-labeled pairs to evaluate on in {eval_path}")
-    scorer = HFScorer(model_dir, max_tokens=max_length, max_batch_tokens=max_batch_tokens, trust_remote_code=trust_remote_code)
+    scorer = HFScorer(model_dir, max_length=max_length, max_batch_tokens=max_batch_tokens, trust_remote_code=trust_remote_code)
     prompts = [r["prompt"] for r in rows]
     s_a, _ = scorer.score_texts(prompts, [r["response_a"] for r in rows])
     s_b, _ = scorer.score_texts(prompts, [r["response_b"] for r in rows])
@@ -76,7 +84,7 @@ def evaluate_annotator(model_dir: str, eval_path: str, out_dir: str, max_length:
     return ev
 
 
-def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> dict:
+def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> TrainAnnotatorResult:
     """Train on ``{data_dir}/labeled``, save ``{output_dir}/model``, evaluate on ``{data_dir}/validation``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     from cwpo_ray.runtime import init_ray
@@ -90,9 +98,18 @@ def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None
     cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),
                                  "tokenizer": local_abspath(cfg.tokenizer, must_exist=True), "output_dir": out})
     os.makedirs(out, exist_ok=True)
+    # The held-out split's files are checked now, before any compute, like the labeled split's (load_pairs):
+    # a bad one is quarantined with those (or, on_bad_file=fail, stops the run here).
+    eval_path = io.join(cfg.data_dir, EVAL_SPLIT)
+    eval_check = check_inputs(eval_path, PAIR_SCHEMA.names, {n: "string" for n in PAIR_SCHEMA.names},
+                              on_bad_file=cfg.on_bad_file, what="data_dir")
+    if not eval_check.files:
+        write_bad_files(out, eval_check.bad)
+        raise ConfigError(f"input error: data_dir: no readable input file in {eval_path} "
+                          f"({len(eval_check.bad)} quarantined, see {out}/quarantine/)")
     init_ray(cfg.ray)
     t0 = time.time()
-    ds, counts = load_training_pairs(cfg)
+    ds, counts = load_training_pairs(cfg, eval_check.bad)
     n_train = counts["train_pairs"]
     if n_train < cfg.batch_size * cfg.num_workers:
         raise ConfigError(f"config error: batch_size: {cfg.batch_size} pairs x {cfg.num_workers} workers > the {n_train} "
@@ -102,53 +119,53 @@ def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
 
     t1 = time.time()
-    held_out = evaluate_annotator(res["model_dir"], io.join(cfg.data_dir, EVAL_SPLIT), out, cfg.max_length,
+    held_out = evaluate_annotator(res["model_dir"], eval_check.read_path(), out, cfg.max_length,
                                   cfg.eval_max_batch_tokens, cfg.calibration_bins, cfg.trust_remote_code)
-    summary = {
-        "model_dir": res["model_dir"],
-        "base_model": cfg.model,
-        "train_pairs": n_train,
-        "quarantined": counts["quarantined"],
-        "quarantine_reasons": counts["quarantine_reasons"],
-        "files_quarantined": counts.get("files_quarantined", 0),  # unreadable / wrong-schema files (on_bad_file)
-        "bad_files": counts.get("bad_files", []),
-        "epochs": cfg.epochs,
-        "epochs_trained": last.get("epoch", 0.0),  # differs from `epochs` when max_steps is set
-        "steps": last.get("step", 0),
-        "workers": cfg.num_workers,
-        "zero_stage": cfg.zero_stage,
-        "strategy": f"deepspeed-zero{cfg.zero_stage}",
-        "lora": cfg.lora is not None,
-        "first_train_loss": first.get("loss"),
-        "train_loss": last.get("loss"),
-        "first_train_accuracy": first.get("accuracy"),
-        "train_accuracy": last.get("accuracy"),
-        "train_pairs_per_s": float(np.mean([h["throughput"] for h in hist])) if hist else None,
-        "train_seconds": res["fit_seconds"],
-        "eval_seconds": round(time.time() - t1, 2),
-        "seconds": round(time.time() - t0, 1),
-        "checkpoint": res["checkpoint"],
-        "resumed_from": max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
-        "held_out": {"split": EVAL_SPLIT, **held_out},
-        "output_dir": out,
-        "history": hist,
-    }
-    io.write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, default=float))
+    summary = TrainAnnotatorResult(
+        model_dir=res["model_dir"],
+        base_model=cfg.model,
+        train_pairs=n_train,
+        quarantined=counts["quarantined"],
+        quarantine_reasons=counts["quarantine_reasons"],
+        files_quarantined=counts.get("files_quarantined", 0),  # unreadable / wrong-schema files (on_bad_file)
+        bad_files=counts.get("bad_files", []),
+        epochs=cfg.epochs,
+        epochs_trained=last.get("epoch", 0.0),
+        steps=last.get("step", 0),
+        workers=cfg.num_workers,
+        zero_stage=cfg.zero_stage,
+        strategy=f"deepspeed-zero{cfg.zero_stage}",
+        lora=cfg.lora is not None,
+        first_train_loss=first.get("loss"),
+        train_loss=last.get("loss"),
+        first_train_accuracy=first.get("accuracy"),
+        train_accuracy=last.get("accuracy"),
+        train_pairs_per_s=float(np.mean([h["throughput"] for h in hist])) if hist else None,
+        train_seconds=res["fit_seconds"],
+        eval_seconds=round(time.time() - t1, 2),
+        seconds=round(time.time() - t0, 1),
+        checkpoint=res["checkpoint"],
+        resumed_from=max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
+        held_out={"split": EVAL_SPLIT, **held_out},
+        output_dir=out,
+        history=hist,
+    )
+    write_result(out, summary)
     return summary
 
 
-def format_train_annotator(s: dict) -> str:
-    t = s["held_out"]
-    curve = t["top_confident_accuracy"]
-    loss = f"BT loss {s['first_train_loss']:.4f} -> {s['train_loss']:.4f}, train acc {s['train_accuracy']:.3f}" \
-        if s.get("train_loss") is not None else "no training metrics"
+def format_train_annotator(s: TrainAnnotatorResult) -> str:
+    t = s.held_out
+    curve = t.top_confident_accuracy
+    loss = f"BT loss {s.first_train_loss:.4f} -> {s.train_loss:.4f}, train acc {s.train_accuracy:.3f}" \
+        if s.train_loss is not None else "no training metrics"
     lines = [
-        f"train-annotator: {s['train_pairs']} labeled pairs ({s['quarantined']} quarantined), {s.get('epochs_trained', s['epochs']):.2f} epochs "
-        f"({s['steps']} steps) on {s['workers']} worker(s) [DeepSpeed ZeRO-{s['zero_stage']}{', LoRA' if s['lora'] else ''}] "
-        f"in {s['train_seconds']:.1f}s; {loss}",
-        f"  held-out {t['split']} split ({t['pairs']} human-labeled pairs): accuracy {t['accuracy']:.3f}, ECE {t['ece']:.3f}, "
+        f"train-annotator: {s.train_pairs} labeled pairs ({s.quarantined} quarantined), {s.epochs_trained:.2f} epochs "
+        f"({s.steps} steps) on {s.workers} worker(s) [DeepSpeed ZeRO-{s.zero_stage}{', LoRA' if s.lora else ''}] "
+        f"in {s.train_seconds:.1f}s; {loss}",
+        f"  held-out {t.split} split ({t.pairs} human-labeled pairs): accuracy {t.accuracy:.3f}, ECE {t.ece:.3f}, "
         f"top-10% {curve['top10']:.3f}, top-30% {curve['top30']:.3f}, top-50% {curve['top50']:.3f}",
-        f"  model: {s['model_dir']}  plots: {t['reliability_png']}, {t['top_confident_png']}",
+        f"  model: {s.model_dir}  plots: {t.reliability_png}, {t.top_confident_png}",
     ]
     return "\n".join(lines)
 

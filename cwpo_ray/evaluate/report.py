@@ -1,22 +1,28 @@
-"""metrics.json -> report.md and PNG plots (GRA bars with CIs; gold-reward distributions)."""
+"""metrics.json (:class:`~cwpo_ray.results.EvaluateResult`) -> report.md and PNG plots (GRA bars with
+CIs; gold-reward distributions)."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
+from cwpo_ray.results import EvaluateResult
 
-def plot_gra(metrics: dict, path: str) -> None:
+# ReportFiles field -> file name in the evaluate output folder
+REPORT_FILES = {"report": "report.md", "gra_plot": "gra.png", "gold_plot": "gold_rewards.png"}
+
+
+def plot_gra(metrics: EvaluateResult, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(metrics["methods"])
-    g = np.array([metrics["methods"][m]["gra"] for m in names])
-    lo = np.array([metrics["methods"][m]["gra_ci"][0] for m in names])
-    hi = np.array([metrics["methods"][m]["gra_ci"][1] for m in names])
-    t = np.array([metrics["methods"][m]["tie_rate"] for m in names])
+    names = list(metrics.methods)
+    g = np.array([metrics.methods[m].gra for m in names])
+    lo = np.array([metrics.methods[m].gra_ci[0] for m in names])
+    hi = np.array([metrics.methods[m].gra_ci[1] for m in names])
+    t = np.array([metrics.methods[m].tie_rate for m in names])
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.6))
     x = np.arange(len(names))
     ax.bar(x, g * 100, yerr=[(g - lo) * 100, (hi - g) * 100], capsize=5, color="#4C72B0", label="GRA (wins)")
@@ -25,7 +31,7 @@ def plot_gra(metrics: dict, path: str) -> None:
     ax.set_xticks(x, names)
     ax.set_ylabel("% of prompts (vs SFT)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Gold Reward Accuracy, {int(metrics['ci'] * 100)}% bootstrap CI (n={metrics['num_prompts']})")
+    ax.set_title(f"Gold Reward Accuracy, {int(metrics.ci * 100)}% bootstrap CI (n={metrics.num_prompts})")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -52,47 +58,47 @@ def plot_gold(scores: dict[str, np.ndarray], path: str) -> None:
     plt.close(fig)
 
 
-def markdown(metrics: dict) -> str:
-    ci = int(metrics["ci"] * 100)
+def markdown(metrics: EvaluateResult) -> str:
+    ci = int(metrics.ci * 100)
+    lim = metrics.length_limit_share
     lines = [
         "# Evaluation: Gold Reward Accuracy",
         "",
-        f"- prompts: {metrics['num_prompts']} (from `{metrics['prompts_path']}`)",
-        f"- gold reward: {metrics['gold']}",
-        f"- reference (SFT): `{metrics['sft_model']}`; mean gold reward {metrics['mean_gold']['sft']:.3f}",
-        f"- sampling: {metrics['sampling']}",
+        f"- prompts: {metrics.num_prompts} (from `{metrics.prompts_path}`)",
+        f"- gold reward: {metrics.gold}",
+        f"- reference (SFT): `{metrics.sft_model}`; mean gold reward {metrics.mean_gold['sft']:.3f}",
+        f"- sampling: {metrics.sampling}",
         f"- GRA = share of prompts where the method's response has a higher gold reward than the SFT "
-        f"response (ties, |Δ| ≤ {metrics['tie_tolerance']}, are not wins); {ci}% percentile bootstrap CIs "
-        f"over prompts ({metrics['num_bootstrap']} resamples).",
-        f"- {metrics['samples_per_prompt']} responses per prompt and model ({metrics['seeding']} seeds); each "
-        f"prompt's GRA is the share of its {metrics['samples_per_prompt']} comparisons (sample j vs sample j) won.",
-        f"- at the length limit ({metrics['sampling']['max_new_tokens']} new tokens): SFT "
-        f"{metrics['length_limit_share']['sft']:.1%}; per method in the table.",
+        f"response (ties, |Δ| ≤ {metrics.tie_tolerance}, are not wins); {ci}% percentile bootstrap CIs "
+        f"over prompts ({metrics.num_bootstrap} resamples).",
+        f"- {metrics.samples_per_prompt} responses per prompt and model ({metrics.seeding} seeds); each "
+        f"prompt's GRA is the share of its {metrics.samples_per_prompt} comparisons (sample j vs sample j) won.",
+        f"- at the length limit ({metrics.sampling['max_new_tokens']} new tokens): SFT "
+        f"{lim['sft']:.1%}; per method in the table.",
         "",
         f"| method | GRA | {ci}% CI | ties | losses | mean gain | {ci}% CI | mean gold | at length limit |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, m in metrics["methods"].items():
+    for name, m in metrics.methods.items():
         lines.append(
-            f"| {name} | {m['gra']:.3f} | [{m['gra_ci'][0]:.3f}, {m['gra_ci'][1]:.3f}] | {m['tie_rate']:.3f} | "
-            f"{m['loss_rate']:.3f} | {m['mean_gain']:+.3f} | [{m['mean_gain_ci'][0]:+.3f}, {m['mean_gain_ci'][1]:+.3f}] | "
-            f"{m['mean_gold_aligned']:.3f} | {metrics['length_limit_share'][name]:.1%} |")
+            f"| {name} | {m.gra:.3f} | [{m.gra_ci[0]:.3f}, {m.gra_ci[1]:.3f}] | {m.tie_rate:.3f} | "
+            f"{m.loss_rate:.3f} | {m.mean_gain:+.3f} | [{m.mean_gain_ci[0]:+.3f}, {m.mean_gain_ci[1]:+.3f}] | "
+            f"{m.mean_gold_aligned:.3f} | {lim[name]:.1%} |")
     lines += ["", "## Generation", "", "| model | path | backend | tokens | tok/s | finish |", "|---|---|---|---|---|---|"]
-    for name, g in metrics["generation"].items():
-        lines.append(f"| {name} | `{g['model']}` | {', '.join(g['backends'])} | {g['generated_tokens']} | "
-                     f"{g['tokens_per_s']} | {g['finish_reasons']} |")
-        if g.get("fallback_reasons"):
-            lines.append(f"|  | **HF fallback**: {'; '.join(g['fallback_reasons'])} | | | | |")
+    for name, g in metrics.generation.items():
+        lines.append(f"| {name} | `{g.model}` | {', '.join(g.backends)} | {g.generated_tokens} | "
+                     f"{g.tokens_per_s} | {g.finish_reasons} |")
+        if g.fallback_reasons:
+            lines.append(f"|  | **HF fallback**: {'; '.join(g.fallback_reasons)} | | | | |")
     lines += ["", "![GRA](gra.png)", "", "![gold rewards](gold_rewards.png)", ""]
     return "\n".join(lines)
 
 
-def write_report(metrics: dict, scores: dict[str, np.ndarray], out_dir: str) -> dict[str, str]:
+def write_report(metrics: EvaluateResult, scores: dict[str, np.ndarray], out_dir: str) -> dict[str, str]:
     """Write report.md, gra.png, gold_rewards.png into a local ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f) for k, f in
-             (("report", "report.md"), ("gra_plot", "gra.png"), ("gold_plot", "gold_rewards.png"))}
-    if metrics["methods"]:
+    paths = {k: os.path.join(out_dir, f) for k, f in REPORT_FILES.items()}
+    if metrics.methods:
         plot_gra(metrics, paths["gra_plot"])
     plot_gold(scores, paths["gold_plot"])
     with open(paths["report"], "w") as f:

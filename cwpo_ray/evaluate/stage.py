@@ -2,17 +2,18 @@
 
 Output (``output_dir``): ``responses.parquet`` (every response with model, seed and gold reward),
 ``metrics.json`` (GRA, ties, bootstrap CI and mean gold-reward gain per method), ``report.md``,
-``gra.png``, ``gold_rewards.png``, ``summary.json`` (= metrics), and ``quarantine/files.parquet`` when an
+``gra.png``, ``gold_rewards.png``, ``summary.json`` (= metrics.json: the
+:class:`~cwpo_ray.results.EvaluateResult`), and ``quarantine/files.parquet`` when an
 input file of ``prompts_path`` was unreadable or lacked the prompt column (checked from its parquet
 footer before any compute; ``on_bad_file=fail`` stops the run instead, with one line naming the file).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import time
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -24,11 +25,12 @@ from cwpo_ray.config import ConfigError, require
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.evaluate.gold import GoldConfig, build_gold_reward
 from cwpo_ray.evaluate.metrics import gra
-from cwpo_ray.evaluate.report import write_report
+from cwpo_ray.evaluate.report import REPORT_FILES, write_report
 from cwpo_ray.generate.core import model_seed, prompt_id
 from cwpo_ray.generate.stage import collect, generate_table, generation_stats, read_prompts
 from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
-from cwpo_ray.runtime import init_ray
+from cwpo_ray.results import EvaluateResult, ModelGeneration, ReportFiles, write_result
+from cwpo_ray.runtime import cluster_device, init_ray
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,7 @@ def score_gold(table: pa.Table, gold: GoldConfig) -> np.ndarray:
         return build_gold_reward(gold).score(table.column("prompt").to_pylist(), table.column("response").to_pylist())
     import ray
 
-    device = gold.device
-    if device == "auto":
-        device = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+    device = cluster_device(gold.device)
     keyed = table.select(["prompt", "response"]).append_column("row", pa.array(np.arange(table.num_rows)))
     ds = ray.data.from_arrow(keyed).map_batches(
         GoldScorer, fn_constructor_kwargs=dict(gold=gold.model_dump(mode="json"), device=device),
@@ -66,20 +66,25 @@ def score_gold(table: pa.Table, gold: GoldConfig) -> np.ndarray:
     return scores
 
 
-def _write_outputs(output_dir: str, responses: pa.Table, metrics: dict, scores: dict[str, np.ndarray]) -> dict:
+def _report_files(output_dir: str) -> ReportFiles:
+    """Where :func:`_write_outputs` puts report.md and the plots (absolute local paths, or URIs)."""
+    fs, root = io.resolve(output_dir)
+    base = root if isinstance(fs, pafs.LocalFileSystem) else output_dir
+    return ReportFiles(**{k: io.join(base, f) for k, f in REPORT_FILES.items()})
+
+
+def _write_outputs(output_dir: str, responses: pa.Table, metrics: EvaluateResult, scores: dict[str, np.ndarray]) -> None:
+    """responses.parquet, report.md + plots and metrics.json = summary.json (made locally, then copied to a URI)."""
     fs, root = io.resolve(output_dir)
     local = isinstance(fs, pafs.LocalFileSystem)
     work = root if local else tempfile.mkdtemp(prefix="cwpo_eval_")
     os.makedirs(work, exist_ok=True)
     pq.write_table(responses, os.path.join(work, "responses.parquet"))
-    paths = write_report(metrics, scores, work)
+    write_report(metrics, scores, work)
     for name in ("metrics.json", "summary.json"):
-        with open(os.path.join(work, name), "w") as f:
-            json.dump(metrics, f, indent=2)
+        write_result(work, metrics, name)
     if not local:
         pafs.copy_files(work, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        paths = {k: io.join(output_dir, os.path.basename(v)) for k, v in paths.items()}
-    return paths
 
 
 def load_prompts(cfg: EvaluateConfig) -> tuple[list[str], dict, InputCheck, dict]:
@@ -113,13 +118,11 @@ def load_prompts(cfg: EvaluateConfig) -> tuple[list[str], dict, InputCheck, dict
         counts = {"rows_in": counts["rows_in"], "unique_prompts": len(seen),
                   "duplicate_prompts": counts["rows_in"] - counts["bad_prompts"] - len(seen),
                   "bad_prompts": counts["bad_prompts"], "not_used_max_prompts": limited, "prompts_used": len(prompts)}
-    reasons: dict[str, int] = {}
-    for r in [*bad.column("reason").to_pylist(), *(b.reason for b in check.bad)]:
-        reasons[r] = reasons.get(r, 0) + 1
-    return prompts, counts, check, reasons
+    reasons = Counter([*bad.column("reason").to_pylist(), *(b.reason for b in check.bad)])
+    return prompts, counts, check, dict(reasons)
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict:
+def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
     require(cfg, "prompts_path", "sft_model", "output_dir")
     t_start = time.time()
@@ -141,11 +144,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         tbl = collect(cands)
         del cands
         g = generation_stats(tbl, info["seconds"])
-        g["length_limit_share"] = round(g["finish_reasons"].get("length", 0) / max(tbl.num_rows, 1), 4)
-        generation[name] = {**g, "model": path, "device": info["device"], "executor": info["executor"],
-                            "base_seed": sampling.seed}
+        fallback = g["fallback_reasons"]
         if info.get("fallback_reason"):
-            generation[name]["fallback_reasons"] = sorted(set(g["fallback_reasons"]) | {info["fallback_reason"]})
+            fallback = sorted(set(fallback) | {info["fallback_reason"]})
+        generation[name] = ModelGeneration(
+            **{**g, "fallback_reasons": fallback}, device=info["device"], executor=info["executor"],
+            length_limit_share=round(g["finish_reasons"].get("length", 0) / max(tbl.num_rows, 1), 4),
+            model=path, base_seed=sampling.seed)
         cols = ["prompt_id", "candidate_idx", "response", "seed", "num_tokens", "finish_reason"]
         by_key = {(r["prompt_id"], r["candidate_idx"]): r for r in tbl.select(cols).to_pylist()}
         missing = [(p, j) for p in pids for j in range(k) if (p, j) not in by_key]
@@ -171,49 +176,50 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     scores = {name: gold[i * n * k:(i + 1) * n * k].reshape(n, k) for i, name in enumerate(models)}
     methods = {name: gra(scores[name], scores["sft"], cfg.num_bootstrap, cfg.ci, cfg.sampling.seed, cfg.tie_tolerance)
                for name in cfg.models}
-    metrics = {
-        "num_prompts": n,
-        "samples_per_prompt": k,
-        "seeding": cfg.seeding,
-        "prompts": prompt_counts,
-        "prompts_path": cfg.prompts_path,
-        "files_quarantined": len(check.bad),  # input files set aside whole (quarantine/files.parquet)
-        "bad_files": check.summary()["bad_files"],
-        "quarantine_reasons": quarantine_reasons,  # bad files and unusable prompts, by reason
-        "sft_model": cfg.sft_model,
-        "models": dict(cfg.models),
-        "gold": cfg.gold.model if cfg.gold.kind == "hf" else "synthetic r*(x, y)",
-        "gold_seconds": round(time.time() - t0, 2),
-        "methods": methods,
-        "mean_gold": {name: float(v.mean()) for name, v in scores.items()},
-        "length_limit_share": {name: generation[name]["length_limit_share"] for name in models},
-        "generation": generation,
-        "sampling": cfg.sampling.model_dump(mode="json"),
-        "ci": cfg.ci,
-        "num_bootstrap": cfg.num_bootstrap,
-        "tie_tolerance": cfg.tie_tolerance,
-        "output_dir": cfg.output_dir,
-    }
-    metrics["seconds_total"] = round(time.time() - t_start, 2)
-    metrics["files"] = _write_outputs(cfg.output_dir, responses, metrics, {k_: v.ravel() for k_, v in scores.items()})
+    metrics = EvaluateResult(
+        num_prompts=n,
+        samples_per_prompt=k,
+        seeding=cfg.seeding,
+        prompts=prompt_counts,
+        prompts_path=cfg.prompts_path,
+        files_quarantined=len(check.bad),
+        bad_files=check.summary()["bad_files"],
+        quarantine_reasons=quarantine_reasons,
+        sft_model=cfg.sft_model,
+        models=dict(cfg.models),
+        gold=cfg.gold.model if cfg.gold.kind == "hf" else "synthetic r*(x, y)",
+        gold_seconds=round(time.time() - t0, 2),
+        methods=methods,
+        mean_gold={name: float(v.mean()) for name, v in scores.items()},
+        length_limit_share={name: generation[name].length_limit_share for name in models},
+        generation=generation,
+        sampling=cfg.sampling.model_dump(mode="json"),
+        ci=cfg.ci,
+        num_bootstrap=cfg.num_bootstrap,
+        tie_tolerance=cfg.tie_tolerance,
+        output_dir=cfg.output_dir,
+        seconds_total=round(time.time() - t_start, 2),
+        files=_report_files(cfg.output_dir),
+    )
+    _write_outputs(cfg.output_dir, responses, metrics, {k_: v.ravel() for k_, v in scores.items()})
     return metrics
 
 
-def format_evaluate(m: dict) -> str:
-    ci = int(m["ci"] * 100)
-    lim = m["length_limit_share"]
-    lines = [f"evaluate: {m['num_prompts']} prompts x {m['samples_per_prompt']} samples, gold {m['gold']}; "
-             f"SFT mean gold {m['mean_gold']['sft']:.3f}, at the length limit {lim['sft']:.1%}"]
-    for name, r in m["methods"].items():
-        lines.append(f"  {name}: GRA {r['gra']:.3f} [{r['gra_ci'][0]:.3f}, {r['gra_ci'][1]:.3f}] ({ci}% CI), "
-                     f"ties {r['tie_rate']:.3f}, mean gain {r['mean_gain']:+.3f}, at the length limit {lim[name]:.1%}")
-    for name, g in m["generation"].items():
-        if g.get("fallback_reasons"):
-            lines.append(f"  WARNING: {name} generated with the HF fallback: {'; '.join(g['fallback_reasons'])}")
-    if m.get("files_quarantined"):
-        lines.append(f"  bad input files: {m['files_quarantined']} quarantined whole "
-                     f"(see {m['output_dir']}/quarantine/files.parquet)")
-    lines.append(f"  report: {m['files']['report']}  ({m['seconds_total']:.1f}s)")
+def format_evaluate(m: EvaluateResult) -> str:
+    ci = int(m.ci * 100)
+    lim = m.length_limit_share
+    lines = [f"evaluate: {m.num_prompts} prompts x {m.samples_per_prompt} samples, gold {m.gold}; "
+             f"SFT mean gold {m.mean_gold['sft']:.3f}, at the length limit {lim['sft']:.1%}"]
+    for name, r in m.methods.items():
+        lines.append(f"  {name}: GRA {r.gra:.3f} [{r.gra_ci[0]:.3f}, {r.gra_ci[1]:.3f}] ({ci}% CI), "
+                     f"ties {r.tie_rate:.3f}, mean gain {r.mean_gain:+.3f}, at the length limit {lim[name]:.1%}")
+    for name, g in m.generation.items():
+        if g.fallback_reasons:
+            lines.append(f"  WARNING: {name} generated with the HF fallback: {'; '.join(g.fallback_reasons)}")
+    if m.files_quarantined:
+        lines.append(f"  bad input files: {m.files_quarantined} quarantined whole "
+                     f"(see {m.output_dir}/quarantine/files.parquet)")
+    lines.append(f"  report: {m.files.report if m.files else m.output_dir}  ({m.seconds_total:.1f}s)")
     return "\n".join(lines)
 
 

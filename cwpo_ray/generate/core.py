@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from cwpo_ray.prepare.core import BATCH_SCHEMA
-from cwpo_ray.schema import pair_id, truncate_raw, validate_pair
+from cwpo_ray.schema import pair_id, quarantine_row, validate_pair
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +101,15 @@ def pair_candidates(candidates: pa.Table, k: int, pairing: str, source: str) -> 
         cands, prompt = by_prompt[pid], prompts[pid]
         for i, j in candidate_pairs(k, pairing):
             if i not in cands or j not in cands:
-                add(source=source, split="quarantine", reason="missing_candidate",
-                    detail=f"prompt {pid}: candidates {i},{j}; have {sorted(cands)}", raw=truncate_raw(prompt))
+                add(split="quarantine", **quarantine_row(source, "missing_candidate",
+                                                         f"prompt {pid}: candidates {i},{j}; have {sorted(cands)}", prompt))
                 continue
             a, b = cands[i]["response"], cands[j]["response"]
             reason = validate_pair(prompt, a, b)
             if reason:
-                add(source=source, split="quarantine", reason=reason,
-                    detail=f"prompt {pid}: candidates {i},{j} (seeds {cands[i]['seed']},{cands[j]['seed']})",
-                    raw=truncate_raw({"prompt": prompt, "response_a": a, "response_b": b}))
+                add(split="quarantine", **quarantine_row(
+                    source, reason, f"prompt {pid}: candidates {i},{j} (seeds {cands[i]['seed']},{cands[j]['seed']})",
+                    {"prompt": prompt, "response_a": a, "response_b": b}))
                 continue
             add(pair_id=pair_id(prompt, a, b), prompt=prompt, response_a=a, response_b=b, human_label=None,
                 source=source, split="pairs")

@@ -6,7 +6,6 @@ and backend), ``pairs/`` (PAIR_SCHEMA, ``human_label`` null: ready for ``annotat
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -21,8 +20,9 @@ from cwpo_ray.generate.config import EngineConfig, GenerateConfig, SamplingConfi
 from cwpo_ray.generate.core import CANDIDATE_SCHEMA, expand_requests, pair_candidates
 from cwpo_ray.generate.engines import generate_candidates
 from cwpo_ray.prepare.core import BATCH_SCHEMA
+from cwpo_ray.results import GenerateResult, write_result
 from cwpo_ray.runtime import init_ray
-from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, _bad_text, truncate_raw
+from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, _bad_text, quarantine_row
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,12 @@ def read_prompts(path: str, column: str = "prompt", max_prompts: int | None = No
     except KeyError:
         raise ConfigError(f"config error: prompt_column: no column {column!r} in {path!r}") from None
     seen: dict[str, None] = {}
-    bad: dict[str, list] = {f.name: [] for f in BATCH_SCHEMA}
+    bad: list[dict] = []
     dup = 0
     for i, value in enumerate(values):
         reason = _bad_text(value, "prompt")
         if reason:
-            for f in BATCH_SCHEMA:
-                bad[f.name].append(None)
-            bad["split"][-1], bad["reason"][-1] = "quarantine", reason
-            bad["source"][-1], bad["detail"][-1], bad["raw"][-1] = "prompts", f"{path} row {i}", truncate_raw(value)
+            bad.append({"split": "quarantine", **quarantine_row("prompts", reason, f"{path} row {i}", value)})
         elif value in seen:
             dup += 1
         else:
@@ -72,8 +69,8 @@ def read_prompts(path: str, column: str = "prompt", max_prompts: int | None = No
     if max_prompts is not None and len(prompts) > max_prompts:
         limited, prompts = len(prompts) - max_prompts, prompts[:max_prompts]
     counts = {"rows_in": len(values), "unique_prompts": len(seen), "duplicate_prompts": dup,
-              "bad_prompts": len(bad["split"]), "not_used_max_prompts": limited, "prompts_used": len(prompts)}
-    return prompts, pa.table(bad, schema=BATCH_SCHEMA), counts
+              "bad_prompts": len(bad), "not_used_max_prompts": limited, "prompts_used": len(prompts)}
+    return prompts, pa.Table.from_pylist(bad, schema=BATCH_SCHEMA), counts
 
 
 def write_routed(table: pa.Table, output_dir: str) -> Counter:
@@ -132,7 +129,7 @@ def generate_table(prompts: list[str], model: str, k: int, sampling: SamplingCon
     return cands, info
 
 
-def run_generate(cfg: GenerateConfig) -> dict:
+def run_generate(cfg: GenerateConfig) -> GenerateResult:
     """Run the stage; returns (and writes to ``summary.json``) counts, throughput and backend used."""
     require(cfg, "model", "prompts_path", "output_dir")
     init_ray(cfg.ray)
@@ -154,41 +151,42 @@ def run_generate(cfg: GenerateConfig) -> dict:
     # Pairing is a cheap pass over the collected candidates (every candidate of a prompt is needed).
     routed = pa.concat_tables([pair_candidates(cand_tbl, k, pairing, source), bad_prompts])
     c = write_routed(routed, cfg.output_dir)
-    summary = {
-        "model": cfg.model,
-        "prompts": prompt_counts,
-        "num_candidates": k,
-        "pairing": pairing,
-        "generation": {**gen, "device": info["device"], "executor": info["executor"],
-                       "requested_backend": info["requested_backend"]},
-        "pairs": c.get("pairs", 0),
-        "quarantined": c.get("quarantine", 0),
-        "quarantine_reasons": {k_.split(":", 1)[1]: v for k_, v in sorted(c.items()) if k_.startswith("reason:")},
-        "sampling": cfg.sampling.model_dump(mode="json"),
-        "seeds": "per request: request_seed(sampling.seed, prompt, candidate_idx); see candidates/ column `seed`",
-        "seconds_total": round(time.time() - t_start, 2),
-        "output_dir": cfg.output_dir,
-    }
+    fallback = gen["fallback_reasons"]
     if info.get("fallback_reason"):
-        summary["generation"]["fallback_reasons"] = sorted(set(gen["fallback_reasons"]) | {info["fallback_reason"]})
-    io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
+        fallback = sorted(set(fallback) | {info["fallback_reason"]})
+    summary = GenerateResult(
+        model=cfg.model,
+        prompts=prompt_counts,
+        num_candidates=k,
+        pairing=pairing,
+        generation={**gen, "fallback_reasons": fallback, "device": info["device"], "executor": info["executor"],
+                    "requested_backend": info["requested_backend"]},
+        pairs=c.get("pairs", 0),
+        quarantined=c.get("quarantine", 0),
+        quarantine_reasons={k_.split(":", 1)[1]: v for k_, v in sorted(c.items()) if k_.startswith("reason:")},
+        sampling=cfg.sampling.model_dump(mode="json"),
+        seeds="per request: request_seed(sampling.seed, prompt, candidate_idx); see candidates/ column `seed`",
+        seconds_total=round(time.time() - t_start, 2),
+        output_dir=cfg.output_dir,
+    )
+    write_result(cfg.output_dir, summary)
     return summary
 
 
-def format_generate(s: dict) -> str:
-    g, p = s["generation"], s["prompts"]
-    backends = ", ".join(f"{b} {n}" for b, n in g["backends"].items())
+def format_generate(s: GenerateResult) -> str:
+    g, p = s.generation, s.prompts
+    backends = ", ".join(f"{b} {n}" for b, n in g.backends.items())
     lines = [
-        f"generate: {p['prompts_used']} prompts x {s['num_candidates']} -> {g['responses']} responses "
-        f"({g['generated_tokens']} tokens, {g['tokens_per_s']} tok/s, {g['device']}, {g['executor']}; backend: {backends})",
-        f"  pairs: {s['pairs']} ({s['pairing']}), quarantined {s['quarantined']}"
-        + (": " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items()) if s["quarantine_reasons"] else ""),
-        "  finish: " + ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items())
-        + f"; prompts in {p['rows_in']} (duplicates {p['duplicate_prompts']}, bad {p['bad_prompts']})",
+        f"generate: {p.prompts_used} prompts x {s.num_candidates} -> {g.responses} responses "
+        f"({g.generated_tokens} tokens, {g.tokens_per_s} tok/s, {g.device}, {g.executor}; backend: {backends})",
+        f"  pairs: {s.pairs} ({s.pairing}), quarantined {s.quarantined}"
+        + (": " + ", ".join(f"{k} {v}" for k, v in s.quarantine_reasons.items()) if s.quarantine_reasons else ""),
+        "  finish: " + ", ".join(f"{k} {v}" for k, v in g.finish_reasons.items())
+        + f"; prompts in {p.rows_in} (duplicates {p.duplicate_prompts}, bad {p.bad_prompts})",
     ]
-    if g["fallback_reasons"]:
-        lines.append("  WARNING: vLLM could not be used, HF fallback generated: " + "; ".join(g["fallback_reasons"]))
-    lines.append(f"  output: {s['output_dir']}/{{candidates,pairs,quarantine}}/")
+    if g.fallback_reasons:
+        lines.append("  WARNING: vLLM could not be used, HF fallback generated: " + "; ".join(g.fallback_reasons))
+    lines.append(f"  output: {s.output_dir}/{{candidates,pairs,quarantine}}/")
     return "\n".join(lines)
 
 

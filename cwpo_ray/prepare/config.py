@@ -43,9 +43,10 @@ class PrepareConfig(StrictModel):
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     labeled_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
     split_seed: int = 0
-    # Token-length filter (paper: 512; 1024 for TL;DR). Needs a tokenizer (hub id or local folder).
+    # Token-length filter on prompt + response (paper: 512 HH-RLHF, 1024 TL;DR, 2048 UltraFeedback); the same
+    # name as the training configs' max_length. Needs a tokenizer (hub id or local folder).
     tokenizer: str | None = None
-    max_tokens: int | None = Field(default=512, gt=0)
+    max_length: int | None = Field(default=512, gt=0)
     batch_size: int = Field(default=4096, gt=0)
     on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema input file: quarantine it, or fail
     # Exact duplicate pairs (same pair_id, e.g. a shard listed twice or two sources sharing pairs) are

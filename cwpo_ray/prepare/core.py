@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cwpo_ray.prepare.adapters import BadRow, get_adapter
-from cwpo_ray.schema import assign_split, pair_id, truncate_raw, validate_pair
+from cwpo_ray.schema import assign_split, pair_id, quarantine_row, validate_pair
 
 BATCH_SCHEMA = pa.schema(
     [
@@ -61,66 +61,54 @@ class Normalizer:
     """rows -> one BATCH_SCHEMA table. Holds the adapter, split and length-filter settings."""
 
     def __init__(self, fmt: str, source: str, columns: dict[str, str], test_fraction: float,
-                 labeled_fraction: float, split_seed: int, tokenizer: str | None, max_tokens: int | None,
+                 labeled_fraction: float, split_seed: int, tokenizer: str | None, max_length: int | None,
                  validation_fraction: float = 0.0):
         self.adapt: Callable = get_adapter(fmt, columns)
         self.source = source
         self.test_fraction, self.labeled_fraction, self.split_seed = test_fraction, labeled_fraction, split_seed
         self.validation_fraction = validation_fraction
-        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+        self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, items: Iterable[tuple[dict | None, str | None, str, str]]) -> pa.Table:
-        cols: dict[str, list] = {f.name: [] for f in BATCH_SCHEMA}
+        rows: list[dict] = []  # BATCH_SCHEMA rows; a missing column is null
         kept: list[int] = []
 
-        def quarantine(reason: str, detail: str, raw: str):
-            for k in ("pair_id", "prompt", "response_a", "response_b", "human_label"):
-                cols[k].append(None)
-            cols["source"].append(self.source)
-            cols["split"].append("quarantine")
-            cols["reason"].append(reason)
-            cols["detail"].append(detail)
-            cols["raw"].append(truncate_raw(raw))
+        def quarantine(reason: str, detail: str, raw: str) -> dict:
+            return {"split": "quarantine", **quarantine_row(self.source, reason, detail, raw)}
 
         for row, reason, detail, raw in items:
             if row is None:
-                quarantine(reason, detail, raw)
+                rows.append(quarantine(reason, detail, raw))
                 continue
             try:
                 prompt, a, b, label = self.adapt(row)
             except BadRow as e:
-                quarantine(e.reason, f"{detail}: {e.detail}" if e.detail else detail, raw)
+                rows.append(quarantine(e.reason, f"{detail}: {e.detail}" if e.detail else detail, raw))
                 continue
             bad = validate_pair(prompt, a, b, label)
             if bad:
-                quarantine(bad, detail, raw)
+                rows.append(quarantine(bad, detail, raw))
                 continue
             pid = pair_id(prompt, a, b)
             # Canonical order: put the two responses in a content-determined order so that a source
             # which always lists the preferred response first does not teach a position bias.
             if label is not None and int(pid[-1], 16) % 2 == 1:
                 a, b, label = b, a, ("b" if label == "a" else "a")
-            kept.append(len(cols["split"]))
-            for k, v in (("pair_id", pid), ("prompt", prompt), ("response_a", a), ("response_b", b),
-                         ("human_label", label), ("source", self.source),
-                         ("split", assign_split(prompt, self.test_fraction, self.labeled_fraction, self.split_seed,
-                                                       self.validation_fraction)),
-                         ("reason", None), ("detail", None), ("raw", None)):
-                cols[k].append(v)
+            kept.append(len(rows))
+            rows.append({"pair_id": pid, "prompt": prompt, "response_a": a, "response_b": b, "human_label": label,
+                         "source": self.source,
+                         "split": assign_split(prompt, self.test_fraction, self.labeled_fraction, self.split_seed,
+                                               self.validation_fraction)})
 
-        if self.tokenizer and self.max_tokens and kept:
-            p = [cols["prompt"][i] for i in kept]
-            la = token_lengths(self.tokenizer, [x + cols["response_a"][i] for x, i in zip(p, kept)])
-            lb = token_lengths(self.tokenizer, [x + cols["response_b"][i] for x, i in zip(p, kept)])
+        if self.tokenizer and self.max_length and kept:
+            la = token_lengths(self.tokenizer, [rows[i]["prompt"] + rows[i]["response_a"] for i in kept])
+            lb = token_lengths(self.tokenizer, [rows[i]["prompt"] + rows[i]["response_b"] for i in kept])
             for i, n_a, n_b in zip(kept, la, lb):
-                if max(n_a, n_b) > self.max_tokens:
-                    cols["raw"][i] = truncate_raw(cols["prompt"][i] + " || " + cols["response_a"][i] + " || " + cols["response_b"][i])
-                    cols["detail"][i] = f"{max(n_a, n_b)} tokens > max_tokens={self.max_tokens}"
-                    cols["reason"][i] = "too_long"
-                    cols["split"][i] = "quarantine"
-                    for k in ("pair_id", "prompt", "response_a", "response_b", "human_label"):
-                        cols[k][i] = None
-        return pa.table(cols, schema=BATCH_SCHEMA)
+                if max(n_a, n_b) > self.max_length:
+                    r = rows[i]
+                    rows[i] = quarantine("too_long", f"{max(n_a, n_b)} tokens > max_length={self.max_length}",
+                                         r["prompt"] + " || " + r["response_a"] + " || " + r["response_b"])
+        return pa.Table.from_pylist(rows, schema=BATCH_SCHEMA)
 
 
 # ---- exact duplicates (same pair_id) ------------------------------------------------------------------

@@ -37,8 +37,9 @@ from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
 from cwpo_ray.prepare.adapters import required_columns
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
 from cwpo_ray.prepare.core import BATCH_SCHEMA, Normalizer, duplicate_mask, pair_id_keys, parse_json_lines
+from cwpo_ray.results import PrepareResult, write_result
 from cwpo_ray.runtime import init_ray
-from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, SPLITS, truncate_raw
+from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, SPLITS, quarantine_row, quarantine_table
 
 log = logging.getLogger(__name__)
 LINES_PER_BLOCK = 8192
@@ -130,7 +131,7 @@ def read_source(src: SourceConfig, cfg: PrepareConfig, check: InputCheck | None 
     import ray
 
     norm = Normalizer(src.format, src.label, src.columns, cfg.test_fraction, cfg.labeled_fraction,
-                      cfg.split_seed, cfg.tokenizer, cfg.max_tokens, cfg.validation_fraction)
+                      cfg.split_seed, cfg.tokenizer, cfg.max_length, cfg.validation_fraction)
     if src.hf_dataset:
         import datasets
 
@@ -188,18 +189,18 @@ def dedupe_splits(output_dir: str, drop: bool) -> tuple[int, Counter]:
             else:
                 fs.delete_file(f)
             for r in copies.to_pylist():
-                dropped.append({"source": r["source"], "reason": "duplicate_pair_id",
-                                "detail": f"pair_id={r['pair_id']}: an earlier copy is kept in {split}/",
-                                "raw": truncate_raw(json.dumps(r, ensure_ascii=False))})
+                dropped.append(quarantine_row(r["source"], "duplicate_pair_id",
+                                              f"pair_id={r['pair_id']}: an earlier copy is kept in {split}/",
+                                              json.dumps(r, ensure_ascii=False)))
                 moved[f"{r['source']}:{split}"] += 1
     if dropped:
         fs.create_dir(f"{root}/quarantine", recursive=True)
-        pq.write_table(pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA), f"{root}/quarantine/duplicates.parquet",
+        pq.write_table(quarantine_table(dropped), f"{root}/quarantine/duplicates.parquet",
                        filesystem=fs)
     return n_dup, moved
 
 
-def run_prepare(cfg: PrepareConfig) -> dict:
+def run_prepare(cfg: PrepareConfig) -> PrepareResult:
     """Run the stage; returns (and writes to ``summary.json``) the counts."""
     if not cfg.sources:
         raise ConfigError("config error: sources: at least one source is required")
@@ -231,44 +232,44 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     for _, b in bad_files:
         c[f"reason:{b.reason}"] += 1
     kept = sum(c.get(s, 0) for s in SPLITS)
-    summary = {
-        "rows_in": kept + c.get("quarantine", 0),
-        "kept": kept,
-        "quarantined": c.get("quarantine", 0),  # rows; rows_in = kept + quarantined
-        "splits": {s: c.get(s, 0) for s in SPLITS},
-        # every record under quarantine/ by reason: rows, and whole files (unreadable_file, missing_columns, ...)
-        "quarantine_reasons": {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("reason:") and v},
-        "duplicate_pairs": n_dup,  # rows repeating an earlier pair_id (dropped unless duplicates=keep)
-        "duplicates": cfg.duplicates,
-        "files_quarantined": len(bad_files),
-        "bad_files": [{"source": s.label, "path": b.path, "reason": b.reason, "detail": b.detail} for s, b in bad_files[:100]],
-        "per_source": {},
-        "output_dir": cfg.output_dir,
-    }
+    per_source: dict[str, dict[str, int]] = {}
     for k, v in c.items():
         if k.startswith("source:") and v:
             name, split = k[len("source:"):].rsplit(":", 1)
-            summary["per_source"].setdefault(name, {})[split] = v
-    io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
+            per_source.setdefault(name, {})[split] = v
+    summary = PrepareResult(
+        rows_in=kept + c.get("quarantine", 0),
+        kept=kept,
+        quarantined=c.get("quarantine", 0),
+        splits={s: c.get(s, 0) for s in SPLITS},
+        quarantine_reasons={k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("reason:") and v},
+        duplicate_pairs=n_dup,
+        duplicates=cfg.duplicates,
+        files_quarantined=len(bad_files),
+        bad_files=[{"source": s.label, "path": b.path, "reason": b.reason, "detail": b.detail} for s, b in bad_files[:100]],
+        per_source=per_source,
+        output_dir=cfg.output_dir,
+    )
+    write_result(cfg.output_dir, summary)
     return summary
 
 
-def format_summary(s: dict) -> str:
-    sp = s["splits"]
+def format_summary(s: PrepareResult) -> str:
+    sp = s.splits
     lines = [
-        f"prepare: {s['rows_in']} rows in = {s['kept']} kept + {s['quarantined']} quarantined",
+        f"prepare: {s.rows_in} rows in = {s.kept} kept + {s.quarantined} quarantined",
         f"  splits: labeled {sp['labeled']}, unlabeled {sp['unlabeled']}, validation {sp['validation']}, test {sp['test']}",
     ]
-    if s["quarantine_reasons"]:
-        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
-                     + f"  (see {s['output_dir']}/quarantine/)")
-    if s.get("files_quarantined"):
-        lines.append(f"  bad input files: {s['files_quarantined']} quarantined whole "
-                     f"(see {s['output_dir']}/quarantine/files.parquet)")
-    if s.get("duplicate_pairs"):
-        verb = "dropped" if s.get("duplicates") == "drop" else "kept"
-        lines.append(f"  duplicate pairs (same pair_id): {s['duplicate_pairs']} {verb}")
-    lines.append(f"  output: {s['output_dir']}/{{labeled,unlabeled,validation,test}}/*.parquet")
+    if s.quarantine_reasons:
+        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s.quarantine_reasons.items())
+                     + f"  (see {s.output_dir}/quarantine/)")
+    if s.files_quarantined:
+        lines.append(f"  bad input files: {s.files_quarantined} quarantined whole "
+                     f"(see {s.output_dir}/quarantine/files.parquet)")
+    if s.duplicate_pairs:
+        verb = "dropped" if s.duplicates == "drop" else "kept"
+        lines.append(f"  duplicate pairs (same pair_id): {s.duplicate_pairs} {verb}")
+    lines.append(f"  output: {s.output_dir}/{{labeled,unlabeled,validation,test}}/*.parquet")
     return "\n".join(lines)
 
 

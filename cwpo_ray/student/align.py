@@ -13,10 +13,11 @@ import pyarrow as pa
 
 from cwpo_ray import io
 from cwpo_ray.config import require
-from cwpo_ray.runtime import init_ray
+from cwpo_ray.results import AlignResult, write_result
+from cwpo_ray.runtime import init_ray, local_device
 from cwpo_ray.student.config import AlignConfig
 from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encode_rows
-from cwpo_ray.student.stage import load_pairs, with_weights, write_summary
+from cwpo_ray.student.stage import load_pairs, with_weights
 from cwpo_ray.train.tasks import AlignTask
 from cwpo_ray.train.trainer import fit, train_metrics
 
@@ -32,7 +33,7 @@ class RefLogprobScorer:
         from cwpo_ray.student.logprobs import SequenceLogprobs
 
         self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(local_device())
         tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
         self.enc = PairEncoder(tok, max_length, max_prompt_length)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -80,7 +81,7 @@ def precompute_reference(ds, cfg: AlignConfig):
     return out
 
 
-def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> dict:
+def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> AlignResult:
     """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     require(cfg, "model", "data_dir", "output_dir")
@@ -100,29 +101,30 @@ def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: lis
               counts["rows_used"], callbacks=callbacks, worker_hooks=worker_hooks)
     hist = train_metrics(res["history"])
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
-    summary = {
-        "stage": "align", **counts, **{f"weights_{k}": v for k, v in wstats.items()},
-        "loss_type": cfg.loss, "weighting": cfg.weighting, "beta": cfg.beta, "reduction": cfg.reduction,
-        "reference_mode": cfg.reference_mode, "reference_seconds": ref_seconds,
-        "model_dir": res["model_dir"], "checkpoint": res["checkpoint"], "output_dir": cfg.output_dir,
-        "zero_stage": cfg.zero_stage,
-        "num_workers": cfg.num_workers, "steps": last.get("step", 0), "fit_seconds": res["fit_seconds"],
-        "seconds": round(time.time() - t0, 1),
-        **{f"first_{k}": first.get(k) for k in ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")},
-        **{f"last_{k}": last.get(k) for k in ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")},
-        "resumed_from": max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
-        "history": hist,
-    }
-    return write_summary(cfg, summary)
+    logged = ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")
+    summary = AlignResult(
+        **counts, **{f"weights_{k}": v for k, v in wstats.items()},
+        loss_type=cfg.loss, weighting=cfg.weighting, beta=cfg.beta, reduction=cfg.reduction,
+        reference_mode=cfg.reference_mode, reference_seconds=ref_seconds,
+        model_dir=res["model_dir"], checkpoint=res["checkpoint"], output_dir=cfg.output_dir,
+        zero_stage=cfg.zero_stage,
+        num_workers=cfg.num_workers, steps=last.get("step", 0), fit_seconds=res["fit_seconds"],
+        seconds=round(time.time() - t0, 1),
+        **{f"first_{k}": first.get(k) for k in logged}, **{f"last_{k}": last.get(k) for k in logged},
+        resumed_from=max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
+        history=hist,
+    )
+    write_result(cfg.output_dir, summary)
+    return summary
 
 
-def format_align(s: dict) -> str:
-    lines = [f"align ({s['loss_type']}, weighting={s['weighting']}, beta={s['beta']}, log-probs {s['reduction']}): "
-             f"{s['rows_used']} pairs ({s['quarantined']} quarantined), {s['steps']} steps on {s['num_workers']} "
-             f"workers (ZeRO-{s['zero_stage']}, reference {s['reference_mode']}) in {s['fit_seconds']}s"]
-    if s.get("first_loss") is not None:
-        lines.append(f"  loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}; reward margin {s['first_reward_margin']:.3f} -> "
-                     f"{s['last_reward_margin']:.3f}; weighted pref acc {s['first_weighted_pref_acc']:.3f} -> "
-                     f"{s['last_weighted_pref_acc']:.3f}")
-    lines.append(f"  model: {s['model_dir']}  (metrics: {s['output_dir']}/metrics.jsonl, tensorboard/)")
+def format_align(s: AlignResult) -> str:
+    lines = [f"align ({s.loss_type}, weighting={s.weighting}, beta={s.beta}, log-probs {s.reduction}): "
+             f"{s.rows_used} pairs ({s.quarantined} quarantined), {s.steps} steps on {s.num_workers} "
+             f"workers (ZeRO-{s.zero_stage}, reference {s.reference_mode}) in {s.fit_seconds}s"]
+    if s.first_loss is not None:
+        lines.append(f"  loss {s.first_loss:.4f} -> {s.last_loss:.4f}; reward margin {s.first_reward_margin:.3f} -> "
+                     f"{s.last_reward_margin:.3f}; weighted pref acc {s.first_weighted_pref_acc:.3f} -> "
+                     f"{s.last_weighted_pref_acc:.3f}")
+    lines.append(f"  model: {s.model_dir}  (metrics: {s.output_dir}/metrics.jsonl, tensorboard/)")
     return "\n".join(lines)

@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from cwpo_ray.schema import LABELED_SCHEMA, QUARANTINE_SCHEMA, truncate_raw, validate_pair
+from cwpo_ray.schema import LABELED_SCHEMA, quarantine_row, quarantine_table, validate_pair
 from cwpo_ray.student.losses import pair_weights
 
 REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "chosen_ntok", "rejected_ntok")
-
-
-def _quarantine(rows: list[dict], reasons: list[str], source: str) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{"source": source, "reason": r.split("|", 1)[0], "detail": r.split("|", 1)[1] if "|" in r else "",
-          "raw": truncate_raw(repr(row))} for row, r in zip(rows, reasons)], schema=QUARANTINE_SCHEMA)
 
 
 def human_pairs_to_labeled(table: pa.Table, source: str = "human_pairs") -> tuple[pa.Table, pa.Table]:
@@ -30,43 +24,41 @@ def human_pairs_to_labeled(table: pa.Table, source: str = "human_pairs") -> tupl
 
     Rows without a usable label or with bad text go to the quarantine table with a reason.
     """
-    good, bad, reasons = [], [], []
+    good, bad = [], []
     for row in table.to_pylist():
         reason = validate_pair(row.get("prompt"), row.get("response_a"), row.get("response_b"), row.get("human_label"))
         if reason is None and row.get("human_label") is None:
             reason = "no_human_label"
         if reason:
-            bad.append(row)
-            reasons.append(reason)
+            bad.append(quarantine_row(source, reason, raw=row))
             continue
         a_wins = row["human_label"] == "a"
         good.append({"pair_id": row["pair_id"], "prompt": row["prompt"],
                      "chosen": row["response_a"] if a_wins else row["response_b"],
                      "rejected": row["response_b"] if a_wins else row["response_a"],
                      "score_chosen": None, "score_rejected": None, "confidence": 1.0, "human_label_agrees": True})
-    return pa.Table.from_pylist(good, schema=LABELED_SCHEMA), _quarantine(bad, reasons, source)
+    return pa.Table.from_pylist(good, schema=LABELED_SCHEMA), quarantine_table(bad)
 
 
 def validate_labeled(table: pa.Table, needs_scores: bool = False, source: str = "labeled") -> tuple[pa.Table, pa.Table]:
     """Split LABELED_SCHEMA rows into (usable, quarantined-with-reason)."""
-    keep, bad, reasons = [], [], []
+    keep, bad = [], []
     rows = table.to_pylist()
     for i, row in enumerate(rows):
-        reason = validate_pair(row.get("prompt"), row.get("chosen"), row.get("rejected"))
+        reason, detail = validate_pair(row.get("prompt"), row.get("chosen"), row.get("rejected")), ""
         if reason:
             reason = reason.replace("response_a", "chosen").replace("response_b", "rejected")
         elif row.get("confidence") is None or not math.isfinite(row["confidence"]) or not -1e-6 <= row["confidence"] <= 1 + 1e-6:
-            reason = f"bad_confidence|{row.get('confidence')!r}"
+            reason, detail = "bad_confidence", repr(row.get("confidence"))
         elif needs_scores and (row.get("score_chosen") is None or row.get("score_rejected") is None
                                or not math.isfinite(row["score_chosen"] - row["score_rejected"])):
             reason = "missing_scores"
         if reason:
-            bad.append(row)
-            reasons.append(reason)
+            bad.append(quarantine_row(source, reason, detail, row))
         else:
             keep.append(i)
     good = table.take(pa.array(keep, pa.int64())) if len(keep) < table.num_rows else table
-    return good, _quarantine(bad, reasons, source)
+    return good, quarantine_table(bad)
 
 
 def add_weights(table: pa.Table, scheme: str, threshold: float | None = None) -> pa.Table:
@@ -105,17 +97,25 @@ class PairEncoder:
         return out
 
 
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, pad_to_multiple_of: int = 8):
+    """Right-padded ``input_ids`` [B, L], ``attention_mask`` [B, L] and ``lengths`` [B] (torch int64); L is
+    the longest length rounded up to a multiple of ``pad_to_multiple_of``. The one padding of the package:
+    annotator scoring and BT batches, student batches (:func:`pad_sequences`), synthetic pretraining."""
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    m = max(1, pad_to_multiple_of)
+    width = int(-(-int(lengths.max()) // m) * m)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return input_ids, attention_mask, lengths
+
+
 def pad_sequences(seqs: list[tuple[list[int], int]], pad_id: int, multiple: int) -> dict[str, torch.Tensor]:
     """[(ids, prompt_len)] -> right-padded input_ids, attention_mask and response_mask (1 after the prompt)."""
-    T = max(len(s) for s, _ in seqs)
-    T = int(math.ceil(T / multiple) * multiple)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), T), dtype=torch.long)
-    resp = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, (s, p) in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
-        resp[i, p: len(s)] = 1
+    ids, attn, _ = pad_batch([s for s, _ in seqs], pad_id, multiple)
+    prompt_len = torch.tensor([p for _, p in seqs], dtype=torch.long)
+    resp = attn * (torch.arange(ids.shape[1])[None, :] >= prompt_len[:, None])
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import time
 
 from cwpo_ray.config import require
+from cwpo_ray.results import SFTResult, write_result
 from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.config import SFTConfig
-from cwpo_ray.student.stage import load_pairs, write_summary
+from cwpo_ray.student.stage import load_pairs
 from cwpo_ray.train.tasks import SFTTask
 from cwpo_ray.train.trainer import fit, train_metrics
 
 
-def run_sft(cfg: SFTConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> dict:
+def run_sft(cfg: SFTConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> SFTResult:
     """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     require(cfg, "model", "data_dir", "output_dir")
@@ -27,21 +28,22 @@ def run_sft(cfg: SFTConfig, callbacks: list | None = None, worker_hooks: list | 
     ds = ds.select_columns(["pair_id", "prompt", "chosen"]).materialize()
     res = fit(SFTTask(), cfg, ds, counts["rows_used"], callbacks=callbacks, worker_hooks=worker_hooks)
     hist = train_metrics(res["history"])
-    summary = {
-        "stage": "sft", **counts, "model_dir": res["model_dir"], "checkpoint": res["checkpoint"], "output_dir": cfg.output_dir,
-        "steps": hist[-1]["step"] if hist else 0, "fit_seconds": res["fit_seconds"],
-        "seconds": round(time.time() - t0, 1),
-        "first_loss": hist[0]["loss"] if hist else None, "last_loss": hist[-1]["loss"] if hist else None,
-        "zero_stage": cfg.zero_stage, "num_workers": cfg.num_workers, "lora": cfg.lora is not None,
-        "history": hist,
-    }
-    return write_summary(cfg, summary)
+    summary = SFTResult(
+        **counts, model_dir=res["model_dir"], checkpoint=res["checkpoint"], output_dir=cfg.output_dir,
+        steps=hist[-1]["step"] if hist else 0, fit_seconds=res["fit_seconds"],
+        seconds=round(time.time() - t0, 1),
+        first_loss=hist[0]["loss"] if hist else None, last_loss=hist[-1]["loss"] if hist else None,
+        zero_stage=cfg.zero_stage, num_workers=cfg.num_workers, lora=cfg.lora is not None,
+        history=hist,
+    )
+    write_result(cfg.output_dir, summary)
+    return summary
 
 
-def format_sft(s: dict) -> str:
-    lines = [f"sft: {s['rows_used']} sequences ({s['quarantined']} quarantined), {s['steps']} steps on "
-             f"{s['num_workers']} workers (ZeRO-{s['zero_stage']}{', LoRA' if s['lora'] else ''}) in {s['fit_seconds']}s"]
-    if s["first_loss"] is not None:
-        lines.append(f"  response NLL {s['first_loss']:.3f} -> {s['last_loss']:.3f}")
-    lines.append(f"  model: {s['model_dir']}  (metrics: {s['output_dir']}/metrics.jsonl, tensorboard/)")
+def format_sft(s: SFTResult) -> str:
+    lines = [f"sft: {s.rows_used} sequences ({s.quarantined} quarantined), {s.steps} steps on "
+             f"{s.num_workers} workers (ZeRO-{s.zero_stage}{', LoRA' if s.lora else ''}) in {s.fit_seconds}s"]
+    if s.first_loss is not None:
+        lines.append(f"  response NLL {s.first_loss:.3f} -> {s.last_loss:.3f}")
+    lines.append(f"  model: {s.model_dir}  (metrics: {s.output_dir}/metrics.jsonl, tensorboard/)")
     return "\n".join(lines)

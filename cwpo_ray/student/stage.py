@@ -1,10 +1,11 @@
 """Driver-side plumbing shared by `cwpo sft` and `cwpo align`: the Ray Data input pass (validate,
-quarantine, weights) and the summary. The ``TorchTrainer`` run (:func:`fit`), the metrics callback and
-copying out the final model are the shared training driver's (:mod:`cwpo_ray.train.trainer`)."""
+quarantine, weights). The ``TorchTrainer`` run (:func:`fit`), the metrics callback and copying out the
+final model are the shared training driver's (:mod:`cwpo_ray.train.trainer`); the summaries are
+:class:`~cwpo_ray.results.SFTResult` / :class:`~cwpo_ray.results.AlignResult`."""
 from __future__ import annotations
 
-import json
 import logging
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,8 @@ from cwpo_ray.student.losses import top_fraction_threshold
 log = logging.getLogger(__name__)
 
 
-def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format: str | None = None) -> tuple:
+def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format: str | None = None,
+               also_bad_files: list = ()) -> tuple:
     """Read ``cfg.data_dir`` with Ray Data, quarantine bad rows, return (materialized good ds, counts).
     ``data_dir`` / ``data_format`` replace the config's (the annotator reads the human pairs of
     ``{data_dir}/labeled``); quarantine goes to ``cfg.output_dir``, ``cfg.on_bad_file`` applies.
@@ -25,10 +27,12 @@ def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format
     Its parquet files are checked first, from their footers (:mod:`cwpo_ray.inputs`): a truncated file or
     one without the columns of ``cfg.data_format`` (pairs: PAIR_SCHEMA, labeled: LABELED_SCHEMA) is
     quarantined whole (``quarantine/files.parquet``, ``files_quarantined``) and only the good files are
-    read; with ``on_bad_file=fail`` the first bad file raises ConfigError naming it."""
+    read; with ``on_bad_file=fail`` the first bad file raises ConfigError naming it. ``also_bad_files``:
+    bad files of another input of the same run (the annotator's validation split), recorded and counted
+    with these."""
     import ray
 
-    from cwpo_ray.inputs import check_inputs, write_bad_files
+    from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
     from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA
 
     data_dir = data_dir or cfg.data_dir
@@ -38,8 +42,9 @@ def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format
     types = {f.name: next(k for k, is_kind in kinds.items() if is_kind(f.type)) for f in schema}
     check = check_inputs(data_dir, schema.names, types, on_bad_file=cfg.on_bad_file,
                          what="data_dir")
+    bad_files = [*check.bad, *also_bad_files]
     if not check.files:
-        write_bad_files(cfg.output_dir, check.bad)
+        write_bad_files(cfg.output_dir, bad_files)
         raise ConfigError(f"input error: data_dir: no readable input file in {data_dir} "
                           f"({len(check.bad)} quarantined, see {cfg.output_dir}/quarantine/)")
     # Deterministic row order (same config and seed -> same batches -> same numbers), at a small cost in
@@ -63,20 +68,18 @@ def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format
     n_good, n_bad = good.count(), bad.count()
     qdir = io.join(cfg.output_dir, "quarantine")
     io.rmtree(qdir)
-    reasons: dict[str, int] = {}
+    reasons: Counter = Counter()
     if n_bad:
         bad.write_parquet(qdir)
         for b in bad.select_columns(["reason"]).iter_batches(batch_format="pyarrow"):
-            for r in b.column("reason").to_pylist():
-                reasons[r] = reasons.get(r, 0) + 1
-    write_bad_files(cfg.output_dir, check.bad)  # quarantine/files.parquet, next to the quarantined rows
-    for b in check.bad:
-        reasons[b.reason] = reasons.get(b.reason, 0) + 1
+            reasons.update(b.column("reason").to_pylist())
+    write_bad_files(cfg.output_dir, bad_files)  # quarantine/files.parquet, next to the quarantined rows
+    reasons.update(b.reason for b in bad_files)
     if n_good == 0:
         raise ConfigError(f"config error: data_dir: no usable rows in {data_dir} ({n_bad} quarantined)")
     # rows_in = rows_used + quarantined (rows); quarantine_reasons counts rows and whole files
-    return good, {"rows_in": n_good + n_bad, "rows_used": n_good, "quarantined": n_bad, "quarantine_reasons": reasons,
-                  **check.summary()}
+    return good, {"rows_in": n_good + n_bad, "rows_used": n_good, "quarantined": n_bad, "quarantine_reasons": dict(reasons),
+                  **InputCheck(data_dir, bad=bad_files).summary()}
 
 
 def with_weights(ds, cfg) -> tuple:
@@ -89,8 +92,3 @@ def with_weights(ds, cfg) -> tuple:
     out = ds.map_batches(lambda t: add_weights(t, scheme, threshold), batch_format="pyarrow", batch_size=4096).materialize()
     w = np.concatenate([b["weight"] for b in out.select_columns(["weight"]).iter_batches(batch_format="numpy")])
     return out, {"threshold": threshold, "mean_weight": float(w.mean()), "nonzero_weight_fraction": float((w > 0).mean())}
-
-
-def write_summary(cfg, summary: dict) -> dict:
-    io.write_text(io.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2, default=float))
-    return summary

@@ -5,13 +5,13 @@ reporting its GRA. Passing a Trainer to ``Tuner`` is not supported in Train V2; 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
 from pathlib import Path
 
 from cwpo_ray.config import load_config
+from cwpo_ray.results import SweepResult, SweepRow, write_result
 from cwpo_ray.sweep.config import SweepConfig
 
 
@@ -66,15 +66,14 @@ def run_trial(params: dict, sweep: dict) -> dict:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = run_pipeline(own, train_callbacks=[TuneReportCallback()])
-    metrics = json.loads((Path(res["report"]).parent / "metrics.json").read_text())
-    m = metrics["methods"][name]
-    final = {"gra": m["gra"], "gra_ci_low": m["gra_ci"][0], "gra_ci_high": m["gra_ci"][1],
-             "ties": m["tie_rate"], "gold_gain": m["mean_gain"], "trial_dir": str(tdir), "method": name, **params}
+    m = res.evaluation.methods[name]
+    final = {"gra": m.gra, "gra_ci_low": m.gra_ci[0], "gra_ci_high": m.gra_ci[1],
+             "ties": m.tie_rate, "gold_gain": m.mean_gain, "trial_dir": str(tdir), "method": name, **params}
     tune.report(final)
     return final
 
 
-def run_sweep(cfg: SweepConfig) -> dict:
+def run_sweep(cfg: SweepConfig) -> SweepResult:
     from ray import tune
 
     from cwpo_ray.runtime import init_ray
@@ -108,20 +107,20 @@ def run_sweep(cfg: SweepConfig) -> dict:
     grid_results = tuner.fit()
     rows = []
     for r in grid_results:
-        m = r.metrics or {}
-        rows.append({**{k: r.config[k] for k in ("labeled_fraction", "loss", "weighting", "beta")},
-                     "method": method_name(r.config), "gra": m.get("gra"), "gra_ci_low": m.get("gra_ci_low"),
-                     "gra_ci_high": m.get("gra_ci_high"), "gold_gain": m.get("gold_gain"),
-                     "status": "error" if r.error else ("stopped_early" if m.get("gra") is None else "ok")})
-    rows.sort(key=lambda r: (r["labeled_fraction"], r["method"], r["beta"]))
+        m = r.metrics or {}  # what the trial reported to Tune (run_trial's `final`)
+        rows.append(SweepRow(**{k: r.config[k] for k in ("labeled_fraction", "loss", "weighting", "beta")},
+                             method=method_name(r.config), gra=m.get("gra"), gra_ci_low=m.get("gra_ci_low"),
+                             gra_ci_high=m.get("gra_ci_high"), gold_gain=m.get("gold_gain"),
+                             status="error" if r.error else ("stopped_early" if m.get("gra") is None else "ok")))
+    rows.sort(key=lambda r: (r.labeled_fraction, r.method, r.beta))
     write_results(rows, out)
-    summary = {"trials": len(rows), "ok": sum(r["status"] == "ok" for r in rows), "seconds": round(time.time() - t, 1),
-               "results_csv": str(out / "results.csv"), "results_md": str(out / "results.md"), "rows": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = SweepResult(trials=len(rows), ok=sum(r.status == "ok" for r in rows), seconds=round(time.time() - t, 1),
+                          results_csv=str(out / "results.csv"), results_md=str(out / "results.md"), rows=rows)
+    write_result(out, summary)
     return summary
 
 
-def write_results(rows: list[dict], out: Path) -> None:
+def write_results(rows: list[SweepRow], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,26 +130,26 @@ def write_results(rows: list[dict], out: Path) -> None:
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(r.model_dump() for r in rows)
 
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    md += ["| " + " | ".join(fmt(getattr(r, c)) for c in cols) + " |" for r in rows]
     (out / "results.md").write_text("\n".join(md) + "\n")
 
-    ok = [r for r in rows if r["gra"] is not None]
+    ok = [r for r in rows if r.gra is not None]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, xkey, other in ((axes[0], "labeled_fraction", "beta"), (axes[1], "beta", "labeled_fraction")):
         groups: dict = {}
         for r in ok:
-            groups.setdefault((r["method"], r[other]), []).append(r)
+            groups.setdefault((r.method, getattr(r, other)), []).append(r)
         for (method, o), rs in sorted(groups.items()):
-            rs = sorted(rs, key=lambda r: r[xkey])
-            x = [r[xkey] for r in rs]
-            y = [r["gra"] for r in rs]
-            err = [[r["gra"] - r["gra_ci_low"] for r in rs], [r["gra_ci_high"] - r["gra"] for r in rs]]
+            rs = sorted(rs, key=lambda r: getattr(r, xkey))
+            x = [getattr(r, xkey) for r in rs]
+            y = [r.gra for r in rs]
+            err = [[r.gra - r.gra_ci_low for r in rs], [r.gra_ci_high - r.gra for r in rs]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{method} ({other}={o})")
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xlabel(xkey.replace("_", " "))
@@ -162,10 +161,10 @@ def write_results(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def format_sweep(s: dict) -> str:
-    lines = [f"sweep: {s['ok']}/{s['trials']} trials finished in {s['seconds']:.0f}s"]
-    for r in s["rows"]:
-        g = "—" if r["gra"] is None else f"{r['gra']:.3f} [{r['gra_ci_low']:.3f}, {r['gra_ci_high']:.3f}]"
-        lines.append(f"  lf={r['labeled_fraction']:<5} {r['method']:<12} beta={r['beta']:<5} GRA {g}  ({r['status']})")
-    lines.append(f"  table: {s['results_md']}  plot: {Path(s['results_md']).parent / 'gra_sweep.png'}")
+def format_sweep(s: SweepResult) -> str:
+    lines = [f"sweep: {s.ok}/{s.trials} trials finished in {s.seconds:.0f}s"]
+    for r in s.rows:
+        g = "—" if r.gra is None else f"{r.gra:.3f} [{r.gra_ci_low:.3f}, {r.gra_ci_high:.3f}]"
+        lines.append(f"  lf={r.labeled_fraction:<5} {r.method:<12} beta={r.beta:<5} GRA {g}  ({r.status})")
+    lines.append(f"  table: {s.results_md}  plot: {Path(s.results_md).parent / 'gra_sweep.png'}")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from cwpo_ray.config import StrictModel, require
+from cwpo_ray.results import SynthesizeResult, write_result
 from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm, train_tokenizer
 from cwpo_ray.synthetic.pretrain import PretrainConfig
 from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig, label_statistics
@@ -31,9 +32,10 @@ class SyntheticConfig(StrictModel):
     pretrain: PretrainConfig | None = Field(default_factory=PretrainConfig)
 
 
-def build_synthetic(cfg: SyntheticConfig) -> dict:
-    """Writes the task and returns its summary: ``paths`` (data (canonical jsonl), tokenizer, weak_base,
-    student_base, gold (jsonl)), measured ``labels`` statistics and ``pretrain`` stats per base model."""
+def build_synthetic(cfg: SyntheticConfig) -> SynthesizeResult:
+    """Writes the task and returns its summary (also ``{output_dir}/manifest.json``): ``paths`` (data
+    (canonical jsonl), tokenizer, weak_base, student_base, gold (jsonl)), measured ``labels`` statistics
+    and ``pretrain`` stats per base model."""
     require(cfg, "output_dir")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,18 +57,18 @@ def build_synthetic(cfg: SyntheticConfig) -> dict:
              "weak_base": str(bases["weak_base"]), "student_base": str(bases["student_base"])}
     labels = {**label_statistics(rows), "label_temperature": task.temperature,
               "target_agreement": cfg.task.human_agreement}
-    summary = {"config": cfg.model_dump(mode="json"), "paths": paths, "labels": labels, "pretrain": pretrain}
-    (out / "manifest.json").write_text(json.dumps(summary, indent=2))
+    summary = SynthesizeResult(config=cfg.model_dump(mode="json"), paths=paths, labels=labels, pretrain=pretrain)
+    write_result(out, summary, "manifest.json")
     return summary
 
 
-def format_synthesize(s: dict) -> str:
-    lab = s["labels"]
-    target = f" (target {lab['target_agreement']:.2f})" if lab.get("target_agreement") else ""
-    lines = [f"synthesize: {lab['pairs']} pairs; human labels agree with the gold ordering on "
-             f"{lab['human_gold_agreement']:.3f}{target}, BT temperature {lab['label_temperature']:.3g}"]
-    for name, st in s["pretrain"].items():
+def format_synthesize(s: SynthesizeResult) -> str:
+    lab = s.labels
+    target = f" (target {lab.target_agreement:.2f})" if lab.target_agreement else ""
+    lines = [f"synthesize: {lab.pairs} pairs; human labels agree with the gold ordering on "
+             f"{lab.human_gold_agreement:.3f}{target}, BT temperature {lab.label_temperature:.3g}"]
+    for name, st in s.pretrain.items():
         if st:
-            lines.append(f"  {name}: {st['parameters'] / 1e6:.2f}M params pretrained on {st['texts']} texts, "
-                         f"{st['steps']} steps, LM loss {st['first_loss']:.2f} -> {st['final_loss']:.2f}")
+            lines.append(f"  {name}: {st.parameters / 1e6:.2f}M params pretrained on {st.texts} texts, "
+                         f"{st.steps} steps, LM loss {st.first_loss:.2f} -> {st.final_loss:.2f}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cwpo_ray import io
+from cwpo_ray.results import LabelReport
 from cwpo_ray.synthetic.task import gold_reward, parse_prompt
 
 TOP_FRACTIONS = (0.3, 0.5, 0.75, 1.0)
@@ -25,10 +26,11 @@ def _gold(prompts: list[str], responses: list[str]) -> np.ndarray:
     return np.array([gold_reward(parse_prompt(p), r) for p, r in zip(prompts, responses)])
 
 
-def label_report(data_dir: str, annotated_dir: str) -> dict:
+def label_report(data_dir: str, annotated_dir: str) -> LabelReport:
     """Agreement with the gold ordering of: the human labels of the unlabeled pool, the weak labels
     (all and their top-N% most confident), and the weak labels' agreement with held-out human labels.
-    Pairs whose two responses have equal gold reward are left out of the gold agreements."""
+    Pairs whose two responses have equal gold reward are left out of the gold agreements. The pool's
+    fields are None without an unlabeled pool, the weak labels' without annotated pairs."""
     out: dict = {}
     pool = _read(io.join(data_dir, "unlabeled"), ["prompt", "response_a", "response_b", "human_label"])
     if pool is not None and pool.num_rows:
@@ -60,16 +62,16 @@ def label_report(data_dir: str, annotated_dir: str) -> dict:
         bins = np.digitize(conf, q)
         out["weak_gold_agreement_by_confidence_quartile"] = [
             float(np.mean(d[(bins == b) & nz] > 0)) if ((bins == b) & nz).any() else None for b in range(4)]
-    return out
+    return LabelReport(**out)
 
 
-def format_label_report(r: dict) -> str:
+def format_label_report(r: LabelReport) -> str:
     parts = []
-    if "human_gold_agreement" in r:
-        parts.append(f"human labels vs gold {r['human_gold_agreement']:.3f}")
-    if "weak_gold_agreement" in r:
-        wh = r.get("weak_human_agreement")
+    if r.human_gold_agreement is not None:
+        parts.append(f"human labels vs gold {r.human_gold_agreement:.3f}")
+    if r.weak_gold_agreement is not None:
+        wh = r.weak_human_agreement
         parts.append(f"weak labels vs held-out human {wh:.3f}" if wh is not None else "weak labels vs human: n/a")
-        parts.append(f"weak vs gold {r['weak_gold_agreement']:.3f}, top-30% most confident vs gold "
-                     f"{r['weak_gold_agreement_top']['top30']:.3f}")
+        parts.append(f"weak vs gold {r.weak_gold_agreement:.3f}, top-30% most confident vs gold "
+                     f"{r.weak_gold_agreement_top['top30']:.3f}")
     return "labels: " + "; ".join(parts)

@@ -78,7 +78,7 @@ class BTTask:
             yield self.collate(group)
 
     def collate(self, group: list) -> dict:
-        from cwpo_ray.annotator.scoring import pad_batch
+        from cwpo_ray.student.data import pad_batch
 
         input_ids, attention_mask, _ = pad_batch([c for c, _ in group] + [r for _, r in group], self.pad_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
