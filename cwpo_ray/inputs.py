@@ -181,6 +181,16 @@ def bad_file_table(bad: Iterable[BadFile]) -> pa.Table:
     return quarantine_table(quarantine_row(b.path, b.reason, b.detail) for b in bad)
 
 
+def quarantine_lines(reasons: dict[str, int], files_quarantined: int, output_dir: str) -> list[str]:
+    """The console lines a stage's summary prints about what it quarantined (rows by reason, whole files)."""
+    lines = []
+    if reasons:
+        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in reasons.items()) + f"  (see {output_dir}/quarantine/)")
+    if files_quarantined:
+        lines.append(f"  bad input files: {files_quarantined} quarantined whole (see {output_dir}/quarantine/{FILES_QUARANTINE})")
+    return lines
+
+
 def write_bad_files(output_dir: str, bad: Iterable[BadFile]) -> str | None:
     """Write ``{output_dir}/quarantine/files.parquet`` (or remove a stale one when there is no bad file)."""
     bad = list(bad)
@@ -196,5 +206,5 @@ def write_bad_files(output_dir: str, bad: Iterable[BadFile]) -> str | None:
 
 
 __all__ = ["BadFile", "InputCheck", "check_inputs", "check_parquet_file", "check_stream_file", "list_files",
-           "bad_file_table", "write_bad_files", "FILES_QUARANTINE", "FILE_REASONS", "UNREADABLE", "MISSING_COLUMNS",
+           "bad_file_table", "write_bad_files", "quarantine_lines", "FILES_QUARANTINE", "FILE_REASONS", "UNREADABLE", "MISSING_COLUMNS",
            "WRONG_TYPES"]

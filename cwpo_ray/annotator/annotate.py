@@ -31,7 +31,7 @@ from cwpo_ray import io
 from cwpo_ray.annotator.config import AnnotateConfig, local_abspath
 from cwpo_ray.annotator.losses import confidence, orient
 from cwpo_ray.config import ConfigError, require
-from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, write_bad_files
+from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, quarantine_lines, write_bad_files
 from cwpo_ray.results import AnnotateResult, write_result
 from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, quarantine_row, quarantine_table, validate_pair
 
@@ -327,12 +327,7 @@ def format_annotate(s: AnnotateResult) -> str:
                      f"p90 {q['p90']:.3f}  (histogram: {s.confidence_hist_png})")
     if s.human_agreement is not None:
         lines.append(f"  agreement with {s.human_labeled_pairs} human labels: {s.human_agreement:.3f}")
-    if s.quarantine_reasons:
-        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s.quarantine_reasons.items())
-                     + f"  (see {s.output_dir}/quarantine/)")
-    if s.files_quarantined:
-        lines.append(f"  bad input files: {s.files_quarantined} quarantined whole "
-                     f"(see {s.output_dir}/quarantine/{FILES_QUARANTINE})")
+    lines += quarantine_lines(s.quarantine_reasons, s.files_quarantined, s.output_dir)
     lines.append(f"  output: {s.output}/*.parquet")
     return "\n".join(lines)
 

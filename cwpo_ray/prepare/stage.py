@@ -33,7 +33,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from cwpo_ray import io
 from cwpo_ray.config import ConfigError, require
-from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
+from cwpo_ray.inputs import InputCheck, check_inputs, quarantine_lines, write_bad_files
 from cwpo_ray.prepare.adapters import required_columns
 from cwpo_ray.prepare.config import PrepareConfig, SourceConfig
 from cwpo_ray.prepare.core import BATCH_SCHEMA, Normalizer, duplicate_mask, pair_id_keys, parse_json_lines
@@ -260,12 +260,7 @@ def format_summary(s: PrepareResult) -> str:
         f"prepare: {s.rows_in} rows in = {s.kept} kept + {s.quarantined} quarantined",
         f"  splits: labeled {sp['labeled']}, unlabeled {sp['unlabeled']}, validation {sp['validation']}, test {sp['test']}",
     ]
-    if s.quarantine_reasons:
-        lines.append("  quarantine: " + ", ".join(f"{k} {v}" for k, v in s.quarantine_reasons.items())
-                     + f"  (see {s.output_dir}/quarantine/)")
-    if s.files_quarantined:
-        lines.append(f"  bad input files: {s.files_quarantined} quarantined whole "
-                     f"(see {s.output_dir}/quarantine/files.parquet)")
+    lines += quarantine_lines(s.quarantine_reasons, s.files_quarantined, s.output_dir)
     if s.duplicate_pairs:
         verb = "dropped" if s.duplicates == "drop" else "kept"
         lines.append(f"  duplicate pairs (same pair_id): {s.duplicate_pairs} {verb}")
