@@ -43,7 +43,7 @@ def main():
     from cwpo_ray.evaluate.stage import run_evaluate
     from cwpo_ray.pipeline import PipelineConfig
     from cwpo_ray.results import EvaluateResult, read_result
-    from cwpo_ray.student.data import human_pairs_to_labeled
+    from cwpo_ray.student.data import human_pairs_to_preferences
 
     run = Path(args.run)
     cfg = load_config(PipelineConfig, run / "config.yaml")
@@ -54,7 +54,7 @@ def main():
     out = Path(args.out or run / "trl_crosscheck")
     sft_model = run / "sft" / "model"
     # the same conversion (and quarantine rules) as our align's data_format=pairs
-    pairs, _ = human_pairs_to_labeled(pq.read_table(run / "data" / "unlabeled"))
+    pairs, _ = human_pairs_to_preferences(pq.read_table(run / "data" / "unlabeled"))
     rows = pairs.select(["prompt", "chosen", "rejected"]).to_pylist()
     per_step = al.batch_size * al.num_workers * al.grad_accum  # our global batch: pairs per optimizer step
     beta = ms.beta or al.beta

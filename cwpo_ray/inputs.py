@@ -61,9 +61,12 @@ class InputCheck:
     def reasons(self) -> dict[str, int]:
         return dict(Counter(b.reason for b in self.bad))
 
-    def summary(self) -> dict:
-        """What a stage's summary gets: ``files_quarantined`` and the bad files (path, reason, detail)."""
-        return {"files_quarantined": len(self.bad), "bad_files": [asdict(b) for b in self.bad[:100]]}
+    def records(self) -> list:
+        """What a stage's result gets: the first 100 bad files as ``results.BadFileRecord`` (path, reason, detail);
+        ``files_quarantined`` is ``len(self.bad)``."""
+        from cwpo_ray.results import BadFileRecord
+
+        return [BadFileRecord(**asdict(b)) for b in self.bad[:100]]
 
     def read_path(self) -> str | list[str]:
         """What to hand a reader: the original path when every file is good (same semantics as before,

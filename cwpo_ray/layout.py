@@ -6,7 +6,7 @@ One object owns these paths, so the pipeline, the sweep and the scripts never re
     {run}/synthetic/   the embedded task (data, tokenizer, tiny base models)
     {run}/data/        prepare: {labeled,unlabeled,validation,test}/*.parquet, quarantine/, summary.json
     {run}/annotator/   train-annotator: model/ (AutoModelForSequenceClassification), plots, summary.json
-    {run}/annotated/   annotate: labeled/*.parquet (prompt, chosen, rejected, confidence, ...)
+    {run}/annotated/   annotate: preferences/*.parquet (prompt, chosen, rejected, confidence, ...)
     {run}/sft/         sft: model/ (AutoModelForCausalLM)
     {run}/generated/   generate (optional): pairs/*.parquet
     {run}/human_all/   labeled + unlabeled human pairs (links), for labels=human_all

@@ -236,7 +236,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
 
     annot = _fill(cfg.annotate, "annotate", {**ray_only, "overwrite": True}, model=str(RunLayout.model(ann.output_dir)),
                   data_dir=str(data), output_dir=str(run.annotated))
-    weak_labels = Path(annot.output_dir) / "labeled"
+    weak_labels = Path(annot.output_dir) / "preferences"
     if "annotate" in cfg.stages:
         stage("annotate", AnnotateResult, annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
               Path(annot.output_dir), lambda: run_annotate(annot), format_annotate, [weak_labels])
@@ -272,7 +272,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     from cwpo_ray.student.align import format_align, run_align
 
     label_data = {
-        "weak": (str(weak_labels), "labeled", fps.get("annotate", "")),
+        "weak": (str(weak_labels), "preferences", fps.get("annotate", "")),
         "human_unlabeled": (str(data / "unlabeled"), "pairs", fps.get("prepare", "")),
         "human_labeled": (str(data / "labeled"), "pairs", fps.get("prepare", "")),
         "human_all": (str(run.human_all), "pairs", fps.get("prepare", "")),

@@ -34,7 +34,7 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 # Output of `annotate`: TRL's prompt/chosen/rejected columns plus the CW-PO confidence.
-LABELED_SCHEMA = pa.schema(
+PREFERENCE_SCHEMA = pa.schema(
     [
         pa.field("pair_id", pa.string(), nullable=False),
         pa.field("prompt", pa.string(), nullable=False),

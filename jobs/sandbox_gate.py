@@ -93,6 +93,23 @@ def main():
         if lab:
             lines.append(f"| {seed} | {lab.human_gold_agreement:.3f} | {lab.weak_human_agreement:.3f} | "
                          f"{lab.weak_gold_agreement:.3f} | {lab.weak_gold_agreement_top['top30']:.3f} | {r['seconds']:.0f}s |")
+    # Over seeds: each method's GRA and the paired differences between methods (same prompts, same SFT
+    # samples), with a two-level bootstrap CI over seeds x prompts (cwpo_ray/evaluate/compare.py).
+    from cwpo_ray.evaluate.compare import gra_over_seeds, paired_difference, read_responses, verdict
+
+    tables = read_responses([str(run_dir / f"seed{s}" / "eval") for s in per_seed])
+    pooled = {n: gra_over_seeds(tables, n) for n in methods}
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+    diffs = [paired_difference(tables, a, b) for a, b in pairs]
+    lines += ["", f"Over seeds {', '.join(map(str, per_seed))} (two-level bootstrap over seeds x prompts, 95%):", "",
+              "| method | GRA [95% CI] | per seed |", "|---|---|---|"]
+    for n, g in pooled.items():
+        lines.append(f"| {n} | {g['gra']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}] | "
+                     + ", ".join(f"{v:.3f}" for v in g["per_seed"]) + " |")
+    lines += ["", "| paired difference | GRA difference [95% CI] | per seed | measured |", "|---|---|---|---|"]
+    for d in diffs:
+        lines.append(f"| {d['a']} − {d['b']} | {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
+                     + ", ".join(f"{v:+.3f}" for v in d["per_seed"]) + f" | {verdict(d)} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sandbox_gate.md").write_text("\n".join(lines) + "\n")
@@ -100,7 +117,7 @@ def main():
         {str(s): {"check": r["check"], "labels": r["labels"].model_dump(mode="json") if r["labels"] else {},
                   "methods": {n: x.model_dump(mode="json") for n, x in r["metrics"].methods.items()},
                   "length_limit_share": r["metrics"].length_limit_share, "num_prompts": r["metrics"].num_prompts}
-         for s, r in per_seed.items()}, indent=2))
+         for s, r in per_seed.items()} | {"over_seeds": {"gra": pooled, "paired_differences": diffs}}, indent=2))
     print("\n".join(lines))
 
 

@@ -1,4 +1,4 @@
-"""Test aids for the training stages: LABELED_SCHEMA parquet (what `annotate` writes) built from the
+"""Test aids for the training stages: PREFERENCE_SCHEMA parquet (what `annotate` writes) built from the
 synthetic task, and :class:`KillWorker`, a worker hook that crashes one Ray Train worker."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cwpo_ray.schema import LABELED_SCHEMA
+from cwpo_ray.schema import PREFERENCE_SCHEMA
 from cwpo_ray.synthetic.task import gold_reward, parse_prompt
 
 
-def labeled_from_prepared(prepared_dir: str, out_dir: str, splits=("labeled", "unlabeled"), seed: int = 0,
+def preferences_from_prepared(prepared_dir: str, out_dir: str, splits=("labeled", "unlabeled"), seed: int = 0,
                           noise: float = 1.0, max_rows: int | None = None) -> str:
     """A simulated weak annotator: score = gold reward + N(0, noise²); chosen = higher score;
     confidence = 2·(σ(Δ_w) − ½)."""
@@ -40,7 +40,7 @@ def labeled_from_prepared(prepared_dir: str, out_dir: str, splits=("labeled", "u
                     "confidence": 2 * (1 / (1 + math.exp(-d)) - 0.5),
                     "human_label_agrees": None if r["human_label"] is None else (r["human_label"] == "a") == a_wins})
     os.makedirs(out_dir, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(out, schema=LABELED_SCHEMA), f"{out_dir}/part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(out, schema=PREFERENCE_SCHEMA), f"{out_dir}/part-00000.parquet")
     return out_dir
 
 

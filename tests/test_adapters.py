@@ -1,7 +1,15 @@
 import pytest
 
-from cwpo_ray.prepare.adapters import BadRow, adapt_hh_rlhf, adapt_prompt_chosen_rejected, adapt_ultrafeedback, get_adapter
-from tests.formats import HH_PROMPT_0, HH_ROWS, TLDR_ROWS, UFB_ROWS
+from cwpo_ray.prepare.adapters import (
+    BadRow,
+    adapt_hh_rlhf,
+    adapt_prompt_chosen_rejected,
+    adapt_shp,
+    adapt_ultrafeedback,
+    get_adapter,
+    required_columns,
+)
+from tests.formats import HH_PROMPT_0, HH_ROWS, SHP_ROWS, TLDR_ROWS, UFB_ROWS
 
 
 def test_hh_splits_shared_prompt_from_final_turn():
@@ -42,3 +50,17 @@ def test_generic_mappings():
     assert cr({"q": "Q", "good": "g", "bad": "b"}) == ("Q", "g", "b", "a")
     canonical = get_adapter("canonical")
     assert canonical({"prompt": "P", "response_a": "x", "response_b": "y"}) == ("P", "x", "y", None)
+
+
+def test_shp_labels_one_means_a_preferred():
+    p, a, b, lab = adapt_shp(SHP_ROWS[0])
+    assert p == SHP_ROWS[0]["history"] and a.startswith("Start with a simple") and b == "Pancakes." and lab == "a"
+    p, a, b, lab = adapt_shp(SHP_ROWS[1])  # labels 0: B preferred; A and B are kept in their columns
+    assert a == "idk" and b.startswith("Start with a simple") and lab == "b"
+    assert get_adapter("shp") is adapt_shp
+    assert required_columns("shp") == ["history", "human_ref_A", "human_ref_B", "labels"]
+    for bad in (2, "1", None, 0.5):
+        with pytest.raises(BadRow, match="bad_label"):
+            adapt_shp(dict(SHP_ROWS[0], labels=bad))
+    with pytest.raises(BadRow, match="null_field:human_ref_B"):
+        adapt_shp(dict(SHP_ROWS[0], human_ref_B=None))

@@ -136,7 +136,7 @@ def test_annotate_killed_actor_exact_pair_ids_and_resume(trained_annotator, anno
     assert flag.exists(), "the scorer actor was never killed"
 
     good_ids = annotate_input["good"].column("pair_id").to_pylist()
-    got = _read(str(out / "labeled" / "*.parquet"))
+    got = _read(str(out / "preferences" / "*.parquet"))
     ids = got.column("pair_id").to_pylist()
     assert len(ids) == len(set(ids)), "duplicated pairs"
     assert set(ids) == set(good_ids) | {"labeled-a"}, "lost or extra pairs"
@@ -164,12 +164,12 @@ def test_annotate_killed_actor_exact_pair_ids_and_resume(trained_annotator, anno
     again = run_annotate(cfg)
     assert again.blocks_skipped == again.blocks and again.pairs_scored_this_run == 0
     # ... and after losing one block's output scores exactly that block again
-    victim = sorted(glob.glob(str(out / "labeled" / "part-good-*.parquet")))[1]
+    victim = sorted(glob.glob(str(out / "preferences" / "part-good-*.parquet")))[1]
     n_victim = pq.read_metadata(victim).num_rows
     os.remove(victim)
     third = run_annotate(cfg)
     assert third.blocks_skipped == third.blocks - 1 and third.pairs_scored_this_run == n_victim
-    final = _read(str(out / "labeled" / "*.parquet"))
+    final = _read(str(out / "preferences" / "*.parquet"))
     assert sorted(final.column("pair_id").to_pylist()) == sorted(ids)
     # a different model into the same output is refused unless overwrite=true
     from cwpo_ray.config import ConfigError

@@ -15,7 +15,7 @@ import pytest
 
 from cwpo_ray.config import ConfigError, build_config
 from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, write_bad_files
-from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, QUARANTINE_SCHEMA, pair_id
+from cwpo_ray.schema import PAIR_SCHEMA, PREFERENCE_SCHEMA, QUARANTINE_SCHEMA, pair_id
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,7 +31,7 @@ def pair_rows(n: int, start: int = 0) -> list[dict]:
             for r in canonical_rows(n, start)]
 
 
-def labeled_rows(n: int, start: int = 0) -> list[dict]:
+def preference_rows(n: int, start: int = 0) -> list[dict]:
     return [{"pair_id": r["pair_id"], "prompt": r["prompt"], "chosen": r["response_a"], "rejected": r["response_b"],
              "score_chosen": 1.0, "score_rejected": 0.0, "confidence": 0.46, "human_label_agrees": None}
             for r in pair_rows(n, start)]
@@ -178,7 +178,7 @@ def test_prepare_quarantines_bad_files_and_drops_duplicates(ray_session, tmp_pat
     with pytest.raises(ConfigError) as e:
         _prepare(sources, tmp_path / "out_fail", on_bad_file="fail")
     assert_one_line_naming(e, "part-t.parquet")
-    assert not os.path.exists(tmp_path / "out_fail" / "labeled")  # stopped before any compute
+    assert not os.path.exists(tmp_path / "out_fail" / "preferences")  # stopped before any compute
 
 
 def test_prepare_keeps_duplicates_when_asked(ray_session, tmp_path):
@@ -211,7 +211,7 @@ def test_annotate_quarantines_bad_files(ray_session, tmp_path):
 
     good = [pa.Table.from_pylist(pair_rows(25), schema=PAIR_SCHEMA), pa.Table.from_pylist(pair_rows(15, 25), schema=PAIR_SCHEMA)]
     # a wrong-schema file: annotate's own output (prompt/chosen/rejected) given back as input
-    f = bad_folder(tmp_path / "in", good, pa.Table.from_pylist(labeled_rows(4), schema=LABELED_SCHEMA))
+    f = bad_folder(tmp_path / "in", good, pa.Table.from_pylist(preference_rows(4), schema=PREFERENCE_SCHEMA))
     out = tmp_path / "ann"
     model = tmp_path / "model"
     model.mkdir()
@@ -220,7 +220,7 @@ def test_annotate_quarantines_bad_files(ray_session, tmp_path):
     with pytest.raises(ConfigError) as e:
         run_annotate(cfg.model_copy(update={"on_bad_file": "fail"}), actor_cls=FakeScorerActor)
     assert_one_line_naming(e, "part-t.parquet")
-    assert not os.path.exists(out / "labeled")
+    assert not os.path.exists(out / "preferences")
     s = run_annotate(cfg, actor_cls=FakeScorerActor)
     print(format_annotate(s))
     assert s.pairs == s.unique_pair_ids == 40 and s.quarantined == 0 and s.blocks == 2
@@ -253,10 +253,10 @@ def test_train_annotator_checks_the_validation_split_first(ray_session, tmp_path
     assert not os.path.exists(tmp_path / "ann" / "quarantine")
 
     eval_check = check_inputs(f["dir"], PAIR_SCHEMA.names)
-    _, counts = load_training_pairs(cfg.model_copy(update={"on_bad_file": "quarantine"}), eval_check.bad)
-    assert counts["train_pairs"] == 5 and counts["quarantined"] == 5  # rows without a human label
-    assert counts["files_quarantined"] == 2
-    assert counts["quarantine_reasons"] == {"no_human_label": 5, "unreadable_file": 1, "missing_columns": 1}
+    _, n_train, counts = load_training_pairs(cfg.model_copy(update={"on_bad_file": "quarantine"}), eval_check.bad)
+    assert n_train == counts.rows_used == 5 and counts.quarantined == 5  # rows without a human label
+    assert counts.files_quarantined == 2 and {b.reason for b in counts.bad_files} == {"unreadable_file", "missing_columns"}
+    assert counts.quarantine_reasons == {"no_human_label": 5, "unreadable_file": 1, "missing_columns": 1}
     assert files_quarantine(tmp_path / "ann") == EXPECTED
     assert read_pairs(eval_check.read_path()).column("pair_id").to_pylist() == [r["pair_id"] for r in pair_rows(7, 10)]
 
@@ -266,16 +266,16 @@ def test_load_pairs_quarantines_bad_files(ray_session, tmp_path):
     from cwpo_ray.student.config import AlignConfig, SFTConfig
     from cwpo_ray.student.stage import load_pairs
 
-    good = [pa.Table.from_pylist(labeled_rows(20), schema=LABELED_SCHEMA),
-            pa.Table.from_pylist(labeled_rows(12, 20), schema=LABELED_SCHEMA)]
-    # a wrong-schema file: human pairs (PAIR_SCHEMA, no confidence) in a labeled folder
-    f = bad_folder(tmp_path / "labeled", good, pa.Table.from_pylist(pair_rows(3), schema=PAIR_SCHEMA))
+    good = [pa.Table.from_pylist(preference_rows(20), schema=PREFERENCE_SCHEMA),
+            pa.Table.from_pylist(preference_rows(12, 20), schema=PREFERENCE_SCHEMA)]
+    # a wrong-schema file: human pairs (PAIR_SCHEMA, no confidence) in a preferences folder
+    f = bad_folder(tmp_path / "preferences", good, pa.Table.from_pylist(pair_rows(3), schema=PAIR_SCHEMA))
     cfg = build_config(AlignConfig, {"data_dir": f["dir"], "output_dir": str(tmp_path / "align")})
     ds, counts = load_pairs(cfg, needs_scores=True)
-    assert ds.count() == counts["rows_used"] == counts["rows_in"] == 32 and counts["quarantined"] == 0
-    assert counts["files_quarantined"] == 2 and counts["quarantine_reasons"] == {"unreadable_file": 1, "missing_columns": 1}
+    assert ds.count() == counts.rows_used == counts.rows_in == 32 and counts.quarantined == 0
+    assert counts.files_quarantined == 2 and counts.quarantine_reasons == {"unreadable_file": 1, "missing_columns": 1}
     assert files_quarantine(tmp_path / "align") == EXPECTED
-    with pytest.raises(ConfigError) as e:  # pairs format: the labeled files lack the pair columns
+    with pytest.raises(ConfigError) as e:  # pairs format: the preference files lack the pair columns
         load_pairs(build_config(SFTConfig, {"data_dir": f["dir"], "data_format": "pairs", "on_bad_file": "fail",
                                             "output_dir": str(tmp_path / "sft")}), needs_scores=False)
     assert_one_line_naming(e, "part-0.parquet")

@@ -153,6 +153,47 @@ def test_gold_factory_and_config():
         build_config(EvaluateConfig, {}, ["ci=1.5"])
 
 
+def test_steamshp_judge_format_truncation_and_batching(synthetic_assets, tmp_path):
+    """A tiny T5 built from config stands in for stanfordnlp/SteamSHP-flan-t5-large (same class, same input
+    format): the score is log P("A") at the first decoder step, batched scores equal one-by-one ones, and a
+    long post loses its beginning, never the response."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from cwpo_ray.evaluate.gold import SteamSHPJudge
+
+    tok = AutoTokenizer.from_pretrained(synthetic_assets["tokenizer"])
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2,
+                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "judge")
+    tok.save_pretrained(tmp_path / "judge")
+    g = build_gold_reward(GoldConfig(kind="steamshp", model=str(tmp_path / "judge"), batch_size=3, max_length=160))
+    assert isinstance(g, SteamSHPJudge) and g.name.startswith("steamshp:") and isinstance(g, GoldReward)
+
+    text = tok.decode(g._ids("How do I\nbake bread?", "Use a hot oven."), skip_special_tokens=True)
+    assert text == ("POST: How do I bake bread? \n\n RESPONSE A: Use a hot oven.\n\n RESPONSE B: .\n\n "
+                    "Which response is better? RESPONSE")
+    long_ids = g._ids("word " * 200, "Use a hot oven.")  # the tiny byte-level tokenizer: the tail is ~100 tokens
+    assert len(long_ids) == 160 and tok.decode(long_ids, skip_special_tokens=True).endswith(
+        "RESPONSE A: Use a hot oven.\n\n RESPONSE B: .\n\n Which response is better? RESPONSE")
+
+    posts = [p.strip() for p in PROMPTS] + ["word " * 200]
+    responses = RESPONSES + [" purr"]
+    batched = g.score(posts, responses)
+    one_by_one = []
+    for p, r in zip(posts, responses):
+        ids = torch.tensor([g._ids(p, r)])
+        logits = g.model(input_ids=ids, decoder_input_ids=torch.tensor([[cfg.decoder_start_token_id]])).logits[0, 0]
+        one_by_one.append(torch.log_softmax(logits.float(), -1)[tok("A", add_special_tokens=False).input_ids[0]].item())
+    assert np.allclose(batched, one_by_one, atol=1e-5) and np.all(batched < 0)
+    assert len(set(np.round(batched, 6))) == len(posts)  # the response and post change the score
+    with pytest.raises(ConfigError, match="gold"):
+        build_config(EvaluateConfig, {"gold": {"kind": "steamshp"}})
+    with pytest.raises(ConfigError, match="input_format"):
+        build_config(EvaluateConfig, {"gold": {"kind": "steamshp", "model": "m", "input_format": "chat"}})
+
+
 # ---------------------------------------------------------------- the stage on the vLLM CPU engine
 
 @pytest.fixture(scope="module")

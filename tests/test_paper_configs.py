@@ -1,5 +1,5 @@
 """The paper-scale pipeline configs under jobs/configs/paper/ (base.yaml + datasets/<dataset>.yaml +
-models/<pair>.yaml, overlaid with repeated --config) load as PipelineConfig for all 12 combinations and
+models/<pair>.yaml, overlaid with repeated --config) load as PipelineConfig for all 16 combinations and
 match the paper's protocol and its Tables 7–9 (Afzali, Brbic, Jeon, ICLR 2026, Appendix G), except for the differences README.md lists.
 Pure config loading: no Ray, no model or dataset download."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from cwpo_ray.config import ConfigError, load_config
 from cwpo_ray.pipeline import PipelineConfig
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs" / "paper"
-DATASETS = ("hh_rlhf", "tldr", "ultrafeedback")
+DATASETS = ("hh_rlhf", "tldr", "ultrafeedback", "shp")
 PAIRS = (  # (models/ file stem, weak model, student model)
     ("opt-125m_to_opt-1.3b", "facebook/opt-125m", "facebook/opt-1.3b"),
     ("opt-125m_to_opt-13b", "facebook/opt-125m", "facebook/opt-13b"),
@@ -25,11 +25,13 @@ GOLD = {
     "hh_rlhf": "Skywork/Skywork-Reward-V2-Llama-3.1-8B",
     "ultrafeedback": "Skywork/Skywork-Reward-V2-Llama-3.1-8B",
     "tldr": "OpenAssistant/reward-model-deberta-v3-large-v2",
+    "shp": "stanfordnlp/SteamSHP-flan-t5-large",
 }
 SOURCES = {  # dataset -> (format, hf_dataset, hf_split)
     "hh_rlhf": ("hh_rlhf", "Anthropic/hh-rlhf", "train"),
     "tldr": ("tldr", "trl-lib/tldr-preference", "train"),
     "ultrafeedback": ("ultrafeedback", "HuggingFaceH4/ultrafeedback_binarized", "train_prefs"),
+    "shp": ("shp", "stanfordnlp/SHP", "train"),
 }
 WEAK_SIZE = {"facebook/opt-125m": 0.125, "Qwen/Qwen2.5-0.5B": 0.5}
 STUDENT_SIZE = {"facebook/opt-1.3b": 1.3, "facebook/opt-13b": 13, "Qwen/Qwen2.5-7B": 7, "Qwen/Qwen2.5-14B": 14}
@@ -54,7 +56,7 @@ def leaf_keys(data: dict, prefix: str = "") -> set[str]:
 def test_the_layer_files_exist():
     found = sorted(str(p.relative_to(PAPER_DIR)) for p in PAPER_DIR.rglob("*.yaml"))
     expected = ["base.yaml", *(f"datasets/{d}.yaml" for d in DATASETS), *(f"models/{s}.yaml" for s, _, _ in PAIRS)]
-    assert found == sorted(expected), f"expected base + 3 dataset + 4 model-pair files, found {found}"
+    assert found == sorted(expected), f"expected base + 4 dataset + 4 model-pair files, found {found}"
     assert (PAPER_DIR / "README.md").is_file()
 
 
@@ -90,9 +92,12 @@ def test_paper_config(name):
         (s.format, s.hf_dataset, s.hf_split) == (fmt, hf_dataset, split) for s in cfg.prepare.sources)
     if dataset == "hh_rlhf":
         assert sorted(s.hf_data_dir for s in cfg.prepare.sources) == ["harmless-base", "helpful-base"]
+    if dataset == "shp":  # the paper's four subreddits
+        assert sorted(s.hf_data_dir for s in cfg.prepare.sources) == ["askacademia", "askbaking", "askengineers", "askphilosophy"]
     assert cfg.prepare.tokenizer == weak
-    # protocol: 512 (HH-RLHF), 1024 (TL;DR); UltraFeedback 2048 in the paper, 512 here (README: known differences)
-    assert cfg.prepare.max_length == {"hh_rlhf": 512, "tldr": 1024, "ultrafeedback": 512}[dataset]
+    # protocol: 512 (HH-RLHF), 1024 (TL;DR); UltraFeedback 2048 in the paper, 512 here (README: known differences);
+    # SHP: no filter stated, 512 = SteamSHP's input length (ours)
+    assert cfg.prepare.max_length == {"hh_rlhf": 512, "tldr": 1024, "ultrafeedback": 512, "shp": 512}[dataset]
     assert cfg.annotate.max_length == cfg.prepare.max_length  # annotate drops no pair the filter kept
     assert cfg.prepare.labeled_fraction == 0.3  # protocol
 
@@ -140,6 +145,6 @@ def test_paper_config(name):
     assert all(ms.beta is None for ms in m.values())  # every method uses align.beta
 
     # evaluation (protocol): gold reward per dataset, sampling temperature 0.95, 512 new tokens
-    assert cfg.evaluate.gold.kind == "hf" and cfg.evaluate.gold.model == GOLD[dataset]
+    assert cfg.evaluate.gold.kind == ("steamshp" if dataset == "shp" else "hf") and cfg.evaluate.gold.model == GOLD[dataset]
     assert cfg.evaluate.sampling.temperature == 0.95 and cfg.evaluate.sampling.max_new_tokens == 512
     assert cfg.stages == ["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"]

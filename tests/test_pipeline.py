@@ -69,7 +69,7 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
 def _labels(run):
     import pyarrow.parquet as pq
 
-    t = pq.read_table(run / "annotated" / "labeled").sort_by("pair_id")
+    t = pq.read_table(run / "annotated" / "preferences").sort_by("pair_id")
     return t.select(["pair_id", "chosen", "rejected", "score_chosen", "confidence"]).to_pydict()
 
 

@@ -9,7 +9,7 @@ from cwpo_ray.config import build_config
 from cwpo_ray.prepare.config import PrepareConfig
 from cwpo_ray.prepare.stage import format_summary, run_prepare
 from cwpo_ray.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA
-from tests.formats import HH_PROMPT_0, HH_ROWS, TLDR_ROWS, UFB_ROWS, write_jsonl
+from tests.formats import HH_PROMPT_0, HH_ROWS, SHP_ROWS, TLDR_ROWS, UFB_ROWS, write_jsonl
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -152,3 +152,17 @@ def test_many_formats_and_length_filter(ray_session, tmp_path, synthetic_assets)
     assert "max_length=300" in q[0]["detail"]
     summary = json.loads(open(f"{out}/summary.json").read())
     assert summary["kept"] == 7
+
+
+def test_shp_format_counts_and_label_direction(ray_session, tmp_path):
+    """SHP's labels: 1 means human_ref_A is preferred, 0 means human_ref_B; a row with another value is quarantined."""
+    rows = [*SHP_ROWS, dict(SHP_ROWS[2], labels=2, human_ref_A="Yes.")]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "shp.parquet")
+    s, out = _prepare(tmp_path, [{"format": "shp", "path": str(tmp_path / "shp.parquet")}],
+                      test_fraction=0.0, validation_fraction=0.0, labeled_fraction=1.0)
+    assert s.rows_in == 4 and s.kept == 3 and s.quarantined == 1 and s.quarantine_reasons == {"bad_label": 1}
+    kept = _read(out, "labeled").to_pylist()
+    preferred = {(r["history"], r["human_ref_A"] if r["labels"] == 1 else r["human_ref_B"]) for r in SHP_ROWS}
+    got = {(r["prompt"], r["response_a"] if r["human_label"] == "a" else r["response_b"]) for r in kept}
+    assert got == preferred
+    assert {r["source"] for r in kept} == {"shp"}

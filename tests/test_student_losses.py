@@ -60,7 +60,7 @@ def test_hand_values_literal():
 @pytest.mark.parametrize("normalize", [False, True])
 def test_every_loss_times_weighting(kind, scheme, normalize):
     thr = top_fraction_threshold(CONF, 2 / 3)
-    w = pair_weights(scheme, confidence=CONF, score_margin=MARGIN, threshold=thr)
+    w = pair_weights(scheme, confidence=CONF, delta=MARGIN, threshold=thr)
     assert w.tolist() == pytest.approx(_hand_weights(scheme), abs=1e-6)
     losses = preference_loss(kind, torch.tensor(DELTA), BETA, 0.1)
     got = weighted_mean(losses, w, normalize).item()
@@ -194,8 +194,8 @@ def test_align_loss_with_precomputed_reference_equals_on_the_fly():
 
 
 def test_human_pairs_conversion_and_validation():
-    from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA
-    from cwpo_ray.student.data import add_weights, human_pairs_to_labeled, validate_labeled
+    from cwpo_ray.schema import PAIR_SCHEMA, PREFERENCE_SCHEMA
+    from cwpo_ray.student.data import add_weights, human_pairs_to_preferences, validate_preferences
 
     pairs = pa.Table.from_pylist([
         {"pair_id": "1", "prompt": "p", "response_a": "good", "response_b": "bad", "human_label": "a", "source": "s"},
@@ -203,8 +203,8 @@ def test_human_pairs_conversion_and_validation():
         {"pair_id": "3", "prompt": "p", "response_a": "x", "response_b": "y", "human_label": None, "source": "s"},
         {"pair_id": "4", "prompt": "p", "response_a": "z", "response_b": "z", "human_label": "a", "source": "s"},
     ], schema=PAIR_SCHEMA)
-    good, bad = human_pairs_to_labeled(pairs)
-    assert good.schema == LABELED_SCHEMA
+    good, bad = human_pairs_to_preferences(pairs)
+    assert good.schema == PREFERENCE_SCHEMA
     assert good.column("chosen").to_pylist() == ["good", "good"]
     assert good.column("confidence").to_pylist() == [1.0, 1.0]
     assert sorted(bad.column("reason").to_pylist()) == ["identical_responses", "no_human_label"]
@@ -221,11 +221,11 @@ def test_human_pairs_conversion_and_validation():
         {"pair_id": "d", "prompt": "p", "chosen": "c", "rejected": "r", "score_chosen": None, "score_rejected": 0.0,
          "confidence": 0.5, "human_label_agrees": None},
     ]
-    t = pa.Table.from_pylist(rows, schema=LABELED_SCHEMA)
-    ok, q = validate_labeled(t, needs_scores=True)
+    t = pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA)
+    ok, q = validate_preferences(t, needs_scores=True)
     assert ok.column("pair_id").to_pylist() == ["a"]
     assert q.column("reason").to_pylist() == ["bad_confidence", "empty_field:prompt", "missing_scores"]
-    assert q.column("detail").to_pylist() == ["nan", "", ""] and set(q.column("source").to_pylist()) == {"labeled"}
+    assert q.column("detail").to_pylist() == ["nan", "", ""] and set(q.column("source").to_pylist()) == {"preferences"}
     assert q.column("raw").to_pylist() == [repr(r) for r in t.to_pylist()[1:]]
     w = add_weights(ok, "scaled_clip_delta").column("weight").to_pylist()
     assert w == pytest.approx([0.2])

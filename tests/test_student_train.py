@@ -14,20 +14,20 @@ SMALL = {"max_length": 64, "max_prompt_length": 40, "batch_size": 16, "log_every
 
 
 @pytest.fixture(scope="module")
-def labeled_dir(prepared_data, tmp_path_factory):
+def preference_dir(prepared_data, tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cwpo_ray.schema import LABELED_SCHEMA
-    from tests.student_fixtures import labeled_from_prepared
+    from cwpo_ray.schema import PREFERENCE_SCHEMA
+    from tests.student_fixtures import preferences_from_prepared
 
-    out = labeled_from_prepared(prepared_data["dir"], str(tmp_path_factory.mktemp("annotated")))
+    out = preferences_from_prepared(prepared_data["dir"], str(tmp_path_factory.mktemp("annotated")))
     bad = [  # what a buggy upstream could write: these must be quarantined with a reason, not trained on
         {"pair_id": "bad1", "prompt": " ", "chosen": "a", "rejected": "b", "confidence": 0.5},
         {"pair_id": "bad2", "prompt": "p", "chosen": "same", "rejected": "same", "confidence": 0.5},
         {"pair_id": "bad3", "prompt": "p", "chosen": "a", "rejected": "b", "confidence": float("nan")},
     ]
-    pq.write_table(pa.Table.from_pylist(bad, schema=LABELED_SCHEMA), f"{out}/part-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(bad, schema=PREFERENCE_SCHEMA), f"{out}/part-00001.parquet")
     return out
 
 
@@ -92,12 +92,12 @@ def test_sft_lowers_response_nll(sft_model):
 
 
 @pytest.mark.timeout(300)
-def test_align_zero2_on_the_fly_loss_decreases(sft_model, labeled_dir, tmp_path):
+def test_align_zero2_on_the_fly_loss_decreases(sft_model, preference_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from cwpo_ray.student.align import format_align, run_align
 
-    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model.model_dir, "data_dir": labeled_dir,
+    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model.model_dir, "data_dir": preference_dir,
                                      "output_dir": str(tmp_path), "zero_stage": 2, "lr": 3e-4, "grad_accum": 1,
                                      "warmup_steps": 0, "max_steps": 12, "weighting": "confidence"})
     s = run_align(cfg)
@@ -120,7 +120,7 @@ def test_align_zero2_on_the_fly_loss_decreases(sft_model, labeled_dir, tmp_path)
 
 
 @pytest.mark.timeout(420)
-def test_align_zero3_precomputed_resume_after_killed_worker_and_reload(sft_model, labeled_dir, tmp_path):
+def test_align_zero3_precomputed_resume_after_killed_worker_and_reload(sft_model, preference_dir, tmp_path):
     """ZeRO-3 + precomputed reference; rank 1 dies after step 3, the run resumes from the step-2
     checkpoint; the final save_pretrained weights equal the ZeRO-3 fp32 weights of the same step."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -129,7 +129,7 @@ def test_align_zero3_precomputed_resume_after_killed_worker_and_reload(sft_model
     from cwpo_ray.student.align import format_align, run_align
     from tests.student_fixtures import KillWorker
 
-    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model.model_dir, "data_dir": labeled_dir,
+    cfg = build_config(AlignConfig, {**SMALL, "model": sft_model.model_dir, "data_dir": preference_dir,
                                      "output_dir": str(tmp_path), "zero_stage": 3, "lr": 3e-4, "grad_accum": 2,
                                      "batch_size": 8, "warmup_steps": 0, "max_steps": 6, "loss": "ipo",
                                      "weighting": "top_fraction", "top_fraction": 0.5,

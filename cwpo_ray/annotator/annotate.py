@@ -4,14 +4,14 @@ The input parquet is cut into *blocks* (row ranges of row groups, ``block_rows``
 only parquet metadata. Ray Data streams the block descriptors through ``map_batches(ScorerActor,
 compute=ActorPoolStrategy(min_actors, max_actors))``: each actor loads the scorer once, reads its
 block's rows lazily, quarantines bad rows with a reason, tokenizes, scores (length-sorted batches), and
-writes ``{output_dir}/labeled/{block}.parquet`` atomically (temp file + rename; the quarantine file is
+writes ``{output_dir}/preferences/{block}.parquet`` atomically (temp file + rename; the quarantine file is
 written first). Hence:
 
 * resumable: a re-run skips blocks whose output exists (``overwrite=true`` starts over);
 * fault tolerant: Ray Data restarts a killed actor and retries its block; a retried block rewrites the
   same file name, so no pair is lost or duplicated.
 
-Output rows: LABELED_SCHEMA (TRL's prompt/chosen/rejected + pair_id, score_chosen, score_rejected,
+Output rows: PREFERENCE_SCHEMA (TRL's prompt/chosen/rejected + pair_id, score_chosen, score_rejected,
 confidence = 2·(σ(Δ) − ½), human_label_agrees).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cwpo_ray.annotator.losses import confidence, orient
 from cwpo_ray.config import ConfigError, require
 from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, quarantine_lines, write_bad_files
 from cwpo_ray.results import AnnotateResult, write_result
-from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA, quarantine_row, quarantine_table, validate_pair
+from cwpo_ray.schema import PAIR_SCHEMA, PREFERENCE_SCHEMA, quarantine_row, quarantine_table, validate_pair
 
 log = logging.getLogger(__name__)
 STATE_FILE = "annotate_state.json"
@@ -125,11 +125,11 @@ def split_valid(table: pa.Table, tokenizer, max_length: int):
 
 
 def label_rows(rows: list[dict], score_a: np.ndarray, score_b: np.ndarray) -> pa.Table:
-    """LABELED_SCHEMA table: chosen = the higher-scored response, confidence = 2·(σ(Δ) − ½)."""
+    """PREFERENCE_SCHEMA table: chosen = the higher-scored response, confidence = 2·(σ(Δ) − ½)."""
     a_wins, s_c, s_r = orient(score_a, score_b)
     conf = confidence(s_c, s_r).numpy()
     a_wins = a_wins.numpy()
-    cols = {k: [] for k in LABELED_SCHEMA.names}
+    cols = {k: [] for k in PREFERENCE_SCHEMA.names}
     for i, r in enumerate(rows):
         cols["pair_id"].append(r["pair_id"])
         cols["prompt"].append(r["prompt"])
@@ -140,7 +140,7 @@ def label_rows(rows: list[dict], score_a: np.ndarray, score_b: np.ndarray) -> pa
     cols["score_chosen"] = s_c.numpy().astype(np.float32)
     cols["score_rejected"] = s_r.numpy().astype(np.float32)
     cols["confidence"] = conf.astype(np.float32)
-    return pa.table(cols, schema=LABELED_SCHEMA)
+    return pa.table(cols, schema=PREFERENCE_SCHEMA)
 
 
 def write_atomic(table: pa.Table, uri: str) -> None:
@@ -153,7 +153,7 @@ def write_atomic(table: pa.Table, uri: str) -> None:
 
 
 def block_output(output_dir: str, key: str) -> str:
-    return io.join(output_dir, "labeled", f"{key}.parquet")
+    return io.join(output_dir, "preferences", f"{key}.parquet")
 
 
 HF_ONLY = ("max_batch_tokens", "max_batch_size", "compile")  # AnnotateConfig fields of the HF backend only
@@ -194,7 +194,7 @@ class ScorerActor:
 
 def summarize_output(output_dir: str, hist_bins: int) -> dict:
     """Counts, confidence histogram and human agreement from the output files (all blocks, any run)."""
-    files = list_parquet(io.join(output_dir, "labeled")) if io.exists(io.join(output_dir, "labeled")) else []
+    files = list_parquet(io.join(output_dir, "preferences")) if io.exists(io.join(output_dir, "preferences")) else []
     ids, conf, agree = [], [], []
     for f in files:
         fs, p = io.resolve(f)
@@ -234,7 +234,7 @@ def _check_state(cfg: AnnotateConfig, input_path: str) -> None:
              "block_rows": cfg.block_rows, "max_length": cfg.max_length}
     path = io.join(cfg.output_dir, STATE_FILE)
     if cfg.overwrite:
-        for sub in ("labeled", "quarantine"):
+        for sub in ("preferences", "quarantine"):
             io.rmtree(io.join(cfg.output_dir, sub))
     elif io.exists(path):
         old = json.loads(io.read_text(path))
@@ -246,7 +246,7 @@ def _check_state(cfg: AnnotateConfig, input_path: str) -> None:
 
 
 def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> AnnotateResult:
-    """Annotate ``input`` (or ``{data_dir}/unlabeled``) into ``{output_dir}/labeled``; returns the summary.
+    """Annotate ``input`` (or ``{data_dir}/unlabeled``) into ``{output_dir}/preferences``; returns the summary.
 
     ``actor_cls``: the Ray Data callable class (a subclass of :class:`ScorerActor` in tests)."""
     import ray
@@ -306,10 +306,10 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> Annotate
         backend=cfg.backend,
         model=cfg.model,
         input=input_path,
-        output=io.join(cfg.output_dir, "labeled"),
+        output=io.join(cfg.output_dir, "preferences"),
         confidence_hist_png=png,
         output_dir=cfg.output_dir,
-        bad_files=check.summary()["bad_files"],
+        bad_files=check.records(),
     )
     write_result(cfg.output_dir, summary)
     return summary

@@ -50,7 +50,7 @@ class AnnotateConfig(StrictModel):
     model: str | None = None  # the annotator folder ({train output_dir}/model)
     data_dir: str | None = None  # output of `prepare`: reads {data_dir}/unlabeled unless `input` is set
     input: str | None = None  # a parquet file or folder in PAIR_SCHEMA (overrides data_dir)
-    output_dir: str | None = None  # {output_dir}/labeled/*.parquet (LABELED_SCHEMA), quarantine/, summary.json
+    output_dir: str | None = None  # {output_dir}/labeled/*.parquet (PREFERENCE_SCHEMA), quarantine/, summary.json
     on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema input file: quarantine it, or fail
     backend: Literal["hf", "vllm"] = "hf"
     max_length: int = Field(default=512, gt=1)  # tokens of prompt + response; longer pairs are quarantined (too_long)

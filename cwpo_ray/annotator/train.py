@@ -46,17 +46,18 @@ def read_pairs(path: str | list[str]) -> pa.Table:
 
 def load_training_pairs(cfg: AnnotatorTrainConfig, eval_bad_files: list = ()) -> tuple:
     """(prompt, chosen, rejected) of the labeled split's human-labeled pairs as a materialized Ray
-    Dataset, and the counts (rows without a usable label or with bad text are quarantined; bad files of
-    this split and ``eval_bad_files``, the validation split's, are quarantined and counted together)."""
+    Dataset, the number of pairs it holds (``max_train_pairs`` applied) and the ``PairCounts`` (rows
+    without a usable label or with bad text are quarantined; bad files of this split and
+    ``eval_bad_files``, the validation split's, are quarantined and counted together)."""
     from cwpo_ray.student.stage import load_pairs
 
     ds, counts = load_pairs(cfg, needs_scores=False, data_dir=io.join(cfg.data_dir, TRAIN_SPLIT), data_format="pairs",
                             also_bad_files=eval_bad_files)
-    n = counts["rows_used"]
+    n = counts.rows_used
     if cfg.max_train_pairs and cfg.max_train_pairs < n:
         ds, n = ds.limit(cfg.max_train_pairs), cfg.max_train_pairs
     # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
-    return ds.select_columns(["pair_id", "prompt", "chosen", "rejected"]).materialize(), {**counts, "train_pairs": n}
+    return ds.select_columns(["pair_id", "prompt", "chosen", "rejected"]).materialize(), n, counts
 
 
 def evaluate_annotator(model_dir: str, eval_path: str | list[str], out_dir: str, max_length: int = 512,
@@ -109,26 +110,25 @@ def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None
                           f"({len(eval_check.bad)} quarantined, see {out}/quarantine/)")
     init_ray(cfg.ray)
     t0 = time.time()
-    ds, counts = load_training_pairs(cfg, eval_check.bad)
-    n_train = counts["train_pairs"]
+    ds, n_train, counts = load_training_pairs(cfg, eval_check.bad)
     if n_train < cfg.batch_size * cfg.num_workers:
         raise ConfigError(f"config error: batch_size: {cfg.batch_size} pairs x {cfg.num_workers} workers > the {n_train} "
                           f"usable labeled pairs in {io.join(cfg.data_dir, TRAIN_SPLIT)}")
     res = fit(BTTask(), cfg, ds, n_train, callbacks=callbacks, worker_hooks=worker_hooks)
-    hist = train_metrics(res["history"])
+    hist = train_metrics(res.history)
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
 
     t1 = time.time()
-    held_out = evaluate_annotator(res["model_dir"], eval_check.read_path(), out, cfg.max_length,
+    held_out = evaluate_annotator(res.model_dir, eval_check.read_path(), out, cfg.max_length,
                                   cfg.eval_max_batch_tokens, cfg.calibration_bins, cfg.trust_remote_code)
     summary = TrainAnnotatorResult(
-        model_dir=res["model_dir"],
+        model_dir=res.model_dir,
         base_model=cfg.model,
         train_pairs=n_train,
-        quarantined=counts["quarantined"],
-        quarantine_reasons=counts["quarantine_reasons"],
-        files_quarantined=counts.get("files_quarantined", 0),  # unreadable / wrong-schema files (on_bad_file)
-        bad_files=counts.get("bad_files", []),
+        quarantined=counts.quarantined,
+        quarantine_reasons=counts.quarantine_reasons,
+        files_quarantined=counts.files_quarantined,  # unreadable / wrong-schema files (on_bad_file)
+        bad_files=counts.bad_files,
         epochs=cfg.epochs,
         epochs_trained=last.get("epoch", 0.0),
         steps=last.get("step", 0),
@@ -141,11 +141,11 @@ def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None
         first_train_accuracy=first.get("accuracy"),
         train_accuracy=last.get("accuracy"),
         train_pairs_per_s=float(np.mean([h["throughput"] for h in hist])) if hist else None,
-        train_seconds=res["fit_seconds"],
+        train_seconds=res.fit_seconds,
         eval_seconds=round(time.time() - t1, 2),
         seconds=round(time.time() - t0, 1),
-        checkpoint=res["checkpoint"],
-        resumed_from=max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
+        checkpoint=res.checkpoint,
+        resumed_from=max((h.get("resumed_from", -1) for h in res.history), default=-1),
         held_out={"split": EVAL_SPLIT, **held_out},
         output_dir=out,
         history=hist,

@@ -183,7 +183,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         prompts=prompt_counts,
         prompts_path=cfg.prompts_path,
         files_quarantined=len(check.bad),
-        bad_files=check.summary()["bad_files"],
+        bad_files=check.records(),
         quarantine_reasons=quarantine_reasons,
         sft_model=cfg.sft_model,
         models=dict(cfg.models),

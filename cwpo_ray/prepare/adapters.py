@@ -82,6 +82,16 @@ def adapt_ultrafeedback(row: dict) -> Adapted:
     return prompt, _last_assistant(_get(row, "chosen"), "chosen"), _last_assistant(_get(row, "rejected"), "rejected"), "a"
 
 
+def adapt_shp(row: dict) -> Adapted:
+    """Stanford Human Preferences (stanfordnlp/SHP): the post ``history`` is the prompt, the two comments
+    ``human_ref_A`` / ``human_ref_B`` the responses, ``labels`` 1 when A is preferred and 0 when B is."""
+    raw = _get(row, "labels")
+    label = {1: "a", 0: "b"}.get(raw) if isinstance(raw, int) else None  # bool is an int: True = 1
+    if label is None:
+        raise BadRow("bad_label", f"labels {raw!r} is not 1 (A preferred) or 0 (B preferred)")
+    return _text(row, "history"), _text(row, "human_ref_A"), _text(row, "human_ref_B"), label
+
+
 def make_generic_adapter(columns: dict[str, str], label_optional: bool = False) -> Callable[[dict], Adapted]:
     """Any table with a column mapping. Either ``{prompt, chosen, rejected}`` (label implied) or
     ``{prompt, response_a, response_b[, label]}`` where the label column holds a/b, 0/1 or A/B."""
@@ -112,6 +122,7 @@ ADAPTERS: dict[str, Callable[[dict], Adapted]] = {
     "hh_rlhf": adapt_hh_rlhf,
     "tldr": adapt_prompt_chosen_rejected,
     "ultrafeedback": adapt_ultrafeedback,
+    "shp": adapt_shp,
     # synthetic task rows are already canonical
     "canonical": make_generic_adapter({"prompt": "prompt", "response_a": "response_a", "response_b": "response_b", "label": "human_label"},
                                       label_optional=True),
@@ -125,6 +136,8 @@ def required_columns(fmt: str, columns: dict[str, str] | None = None) -> list[st
         return ["chosen", "rejected"]
     if fmt in ("tldr", "ultrafeedback"):
         return ["prompt", "chosen", "rejected"]
+    if fmt == "shp":
+        return ["history", "human_ref_A", "human_ref_B", "labels"]
     if fmt == "canonical":  # human_label is optional
         return ["prompt", "response_a", "response_b"]
     columns = columns or {}

@@ -10,11 +10,11 @@ from cwpo_ray.config import OnBadFile, RayConfig, StrictModel
 class SourceConfig(StrictModel):
     """One input: local files / a URI (jsonl, jsonl.gz, parquet) or a Hugging Face dataset name."""
 
-    format: Literal["hh_rlhf", "tldr", "ultrafeedback", "generic", "canonical"]
+    format: Literal["hh_rlhf", "tldr", "ultrafeedback", "shp", "generic", "canonical"]
     path: str | None = None
     hf_dataset: str | None = None  # e.g. "Anthropic/hh-rlhf" (loaded with datasets.load_dataset)
     hf_config: str | None = None
-    hf_data_dir: str | None = None  # e.g. "harmless-base" / "helpful-base" for HH-RLHF
+    hf_data_dir: str | None = None  # e.g. "harmless-base" / "helpful-base" for HH-RLHF, "askacademia" for SHP
     hf_split: str = "train"
     columns: dict[str, str] = Field(default_factory=dict)  # for format=generic
     name: str | None = None  # value of the `source` column; default: format[/data_dir]

@@ -98,20 +98,20 @@ def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: lis
         cols += list(REF_COLUMNS)
     # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
     res = fit(AlignTask(has_ref_columns=cfg.reference_mode == "precomputed"), cfg, ds.select_columns(cols).materialize(),
-              counts["rows_used"], callbacks=callbacks, worker_hooks=worker_hooks)
-    hist = train_metrics(res["history"])
+              counts.rows_used, callbacks=callbacks, worker_hooks=worker_hooks)
+    hist = train_metrics(res.history)
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
     logged = ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")
     summary = AlignResult(
-        **counts, **{f"weights_{k}": v for k, v in wstats.items()},
+        **counts.model_dump(), **{f"weights_{k}": v for k, v in wstats.items()},
         loss_type=cfg.loss, weighting=cfg.weighting, beta=cfg.beta, reduction=cfg.reduction,
         reference_mode=cfg.reference_mode, reference_seconds=ref_seconds,
-        model_dir=res["model_dir"], checkpoint=res["checkpoint"], output_dir=cfg.output_dir,
+        model_dir=res.model_dir, checkpoint=res.checkpoint, output_dir=cfg.output_dir,
         zero_stage=cfg.zero_stage,
-        num_workers=cfg.num_workers, steps=last.get("step", 0), fit_seconds=res["fit_seconds"],
+        num_workers=cfg.num_workers, steps=last.get("step", 0), fit_seconds=res.fit_seconds,
         seconds=round(time.time() - t0, 1),
         **{f"first_{k}": first.get(k) for k in logged}, **{f"last_{k}": last.get(k) for k in logged},
-        resumed_from=max((h.get("resumed_from", -1) for h in res["history"]), default=-1),
+        resumed_from=max((h.get("resumed_from", -1) for h in res.history), default=-1),
         history=hist,
     )
     write_result(cfg.output_dir, summary)

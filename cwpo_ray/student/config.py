@@ -18,7 +18,7 @@ class StudentTrainConfig(TrainConfig):
     split of ``max_length``, length bucketing and the chunked log-prob head."""
 
     model: str | None = None  # hub id or local folder (AutoModelForCausalLM); the pipeline sets it
-    data_format: Literal["labeled", "pairs"] = "labeled"  # LABELED_SCHEMA (annotate) or PAIR_SCHEMA human labels
+    data_format: Literal["preferences", "pairs"] = "preferences"  # PREFERENCE_SCHEMA (annotate) or PAIR_SCHEMA human labels
     max_prompt_length: int = Field(default=256, gt=0)  # prompts longer are left-truncated
     pad_to_multiple_of: int = Field(default=8, gt=0)
     bucket_window: int = Field(default=16, gt=0)  # micro-batches per length-bucketing window

@@ -1,4 +1,4 @@
-"""Student training data: LABELED_SCHEMA rows → validated, weighted, tokenized, length-bucketed batches.
+"""Student training data: PREFERENCE_SCHEMA rows → validated, weighted, tokenized, length-bucketed batches.
 
 Pure pyarrow / python / torch; the Ray Data plumbing lives in :mod:`cwpo_ray.student.stage`.
 """
@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from cwpo_ray.schema import LABELED_SCHEMA, quarantine_row, quarantine_table, validate_pair
+from cwpo_ray.schema import PREFERENCE_SCHEMA, quarantine_row, quarantine_table, validate_pair
 from cwpo_ray.student.losses import pair_weights
 
 REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "chosen_ntok", "rejected_ntok")
 
 
-def human_pairs_to_labeled(table: pa.Table, source: str = "human_pairs") -> tuple[pa.Table, pa.Table]:
-    """PAIR_SCHEMA rows with a human label → LABELED_SCHEMA (confidence 1.0, no scores) for Human-DPO.
+def human_pairs_to_preferences(table: pa.Table, source: str = "human_pairs") -> tuple[pa.Table, pa.Table]:
+    """PAIR_SCHEMA rows with a human label → PREFERENCE_SCHEMA (confidence 1.0, no scores) for Human-DPO.
 
     Rows without a usable label or with bad text go to the quarantine table with a reason.
     """
@@ -37,11 +37,11 @@ def human_pairs_to_labeled(table: pa.Table, source: str = "human_pairs") -> tupl
                      "chosen": row["response_a"] if a_wins else row["response_b"],
                      "rejected": row["response_b"] if a_wins else row["response_a"],
                      "score_chosen": None, "score_rejected": None, "confidence": 1.0, "human_label_agrees": True})
-    return pa.Table.from_pylist(good, schema=LABELED_SCHEMA), quarantine_table(bad)
+    return pa.Table.from_pylist(good, schema=PREFERENCE_SCHEMA), quarantine_table(bad)
 
 
-def validate_labeled(table: pa.Table, needs_scores: bool = False, source: str = "labeled") -> tuple[pa.Table, pa.Table]:
-    """Split LABELED_SCHEMA rows into (usable, quarantined-with-reason)."""
+def validate_preferences(table: pa.Table, needs_scores: bool = False, source: str = "preferences") -> tuple[pa.Table, pa.Table]:
+    """Split PREFERENCE_SCHEMA rows into (usable, quarantined-with-reason)."""
     keep, bad = [], []
     rows = table.to_pylist()
     for i, row in enumerate(rows):
@@ -64,10 +64,10 @@ def validate_labeled(table: pa.Table, needs_scores: bool = False, source: str = 
 def add_weights(table: pa.Table, scheme: str, threshold: float | None = None) -> pa.Table:
     """Append the per-pair ``weight`` column (float32) for ``scheme`` (see :func:`pair_weights`)."""
     conf = table.column("confidence").to_numpy(zero_copy_only=False).astype(np.float32)
-    margin = None
+    delta = None
     if scheme.endswith("delta"):
-        margin = pc.subtract(table.column("score_chosen"), table.column("score_rejected")).to_numpy(zero_copy_only=False)
-    w = pair_weights(scheme, confidence=conf, score_margin=margin, threshold=threshold).numpy().astype(np.float32)
+        delta = pc.subtract(table.column("score_chosen"), table.column("score_rejected")).to_numpy(zero_copy_only=False)
+    w = pair_weights(scheme, confidence=conf, delta=delta, threshold=threshold).numpy().astype(np.float32)
     return table.append_column("weight", pa.array(w, pa.float32()))
 
 

@@ -72,7 +72,7 @@ def top_fraction_threshold(confidence, fraction: float) -> float:
     return float(np.sort(c)[::-1][k - 1])
 
 
-def pair_weights(scheme: str, confidence=None, score_margin=None, threshold: float | None = None) -> torch.Tensor:
+def pair_weights(scheme: str, confidence=None, delta=None, threshold: float | None = None) -> torch.Tensor:
     """Per-pair weights w_i.
 
     - ``confidence``: w = C (CW-PO), C = 2·(σ(Δ_w) − ½) from the weak annotator.
@@ -89,8 +89,8 @@ def pair_weights(scheme: str, confidence=None, score_margin=None, threshold: flo
         return torch.as_tensor(x, dtype=torch.float32)
 
     if scheme == "none":
-        ref = confidence if confidence is not None else score_margin
-        return torch.ones_like(t(ref, "confidence or score_margin"))
+        ref = confidence if confidence is not None else delta
+        return torch.ones_like(t(ref, "confidence or delta"))
     if scheme == "confidence":
         return t(confidence, "confidence")
     if scheme == "top_fraction":
@@ -98,11 +98,11 @@ def pair_weights(scheme: str, confidence=None, score_margin=None, threshold: flo
             raise ValueError("weighting 'top_fraction' needs a dataset-level threshold")
         return (t(confidence, "confidence") >= threshold).float()
     if scheme == "sigmoid_delta":
-        return torch.sigmoid(t(score_margin, "score_margin"))
+        return torch.sigmoid(t(delta, "delta"))
     if scheme == "clip_delta":
-        return t(score_margin, "score_margin").clamp(min=0.0, max=1.0)
+        return t(delta, "delta").clamp(min=0.0, max=1.0)
     if scheme == "scaled_clip_delta":
-        return (0.2 * t(score_margin, "score_margin")).clamp(min=0.0, max=1.0)
+        return (0.2 * t(delta, "delta")).clamp(min=0.0, max=1.0)
     raise ValueError(f"unknown weighting {scheme!r}; expected one of {WEIGHTINGS}")
 
 

@@ -26,11 +26,11 @@ def run_sft(cfg: SFTConfig, callbacks: list | None = None, worker_hooks: list | 
     ds, counts = load_pairs(cfg, needs_scores=False)
     # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
     ds = ds.select_columns(["pair_id", "prompt", "chosen"]).materialize()
-    res = fit(SFTTask(), cfg, ds, counts["rows_used"], callbacks=callbacks, worker_hooks=worker_hooks)
-    hist = train_metrics(res["history"])
+    res = fit(SFTTask(), cfg, ds, counts.rows_used, callbacks=callbacks, worker_hooks=worker_hooks)
+    hist = train_metrics(res.history)
     summary = SFTResult(
-        **counts, model_dir=res["model_dir"], checkpoint=res["checkpoint"], output_dir=cfg.output_dir,
-        steps=hist[-1]["step"] if hist else 0, fit_seconds=res["fit_seconds"],
+        **counts.model_dump(), model_dir=res.model_dir, checkpoint=res.checkpoint, output_dir=cfg.output_dir,
+        steps=hist[-1]["step"] if hist else 0, fit_seconds=res.fit_seconds,
         seconds=round(time.time() - t0, 1),
         first_loss=hist[0]["loss"] if hist else None, last_loss=hist[-1]["loss"] if hist else None,
         zero_stage=cfg.zero_stage, num_workers=cfg.num_workers, lora=cfg.lora is not None,

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from cwpo_ray import io
 from cwpo_ray.config import ConfigError
-from cwpo_ray.student.data import add_weights, human_pairs_to_labeled, validate_labeled
+from cwpo_ray.results import PairCounts
+from cwpo_ray.student.data import add_weights, human_pairs_to_preferences, validate_preferences
 from cwpo_ray.student.losses import top_fraction_threshold
 
 log = logging.getLogger(__name__)
@@ -20,12 +21,12 @@ log = logging.getLogger(__name__)
 
 def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format: str | None = None,
                also_bad_files: list = ()) -> tuple:
-    """Read ``cfg.data_dir`` with Ray Data, quarantine bad rows, return (materialized good ds, counts).
+    """Read ``cfg.data_dir`` with Ray Data, quarantine bad rows, return (materialized good ds, PairCounts).
     ``data_dir`` / ``data_format`` replace the config's (the annotator reads the human pairs of
     ``{data_dir}/labeled``); quarantine goes to ``cfg.output_dir``, ``cfg.on_bad_file`` applies.
 
     Its parquet files are checked first, from their footers (:mod:`cwpo_ray.inputs`): a truncated file or
-    one without the columns of ``cfg.data_format`` (pairs: PAIR_SCHEMA, labeled: LABELED_SCHEMA) is
+    one without the columns of ``cfg.data_format`` (pairs: PAIR_SCHEMA, preferences: PREFERENCE_SCHEMA) is
     quarantined whole (``quarantine/files.parquet``, ``files_quarantined``) and only the good files are
     read; with ``on_bad_file=fail`` the first bad file raises ConfigError naming it. ``also_bad_files``:
     bad files of another input of the same run (the annotator's validation split), recorded and counted
@@ -33,11 +34,11 @@ def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format
     import ray
 
     from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
-    from cwpo_ray.schema import LABELED_SCHEMA, PAIR_SCHEMA
+    from cwpo_ray.schema import PAIR_SCHEMA, PREFERENCE_SCHEMA
 
     data_dir = data_dir or cfg.data_dir
     data_format = data_format or cfg.data_format
-    schema = PAIR_SCHEMA if data_format == "pairs" else LABELED_SCHEMA
+    schema = PAIR_SCHEMA if data_format == "pairs" else PREFERENCE_SCHEMA
     kinds = {"string": pa.types.is_string, "number": pa.types.is_floating, "bool": pa.types.is_boolean}
     types = {f.name: next(k for k, is_kind in kinds.items() if is_kind(f.type)) for f in schema}
     check = check_inputs(data_dir, schema.names, types, on_bad_file=cfg.on_bad_file,
@@ -53,16 +54,16 @@ def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format
     raw = ray.data.read_parquet(check.read_path()).materialize()
     if data_format == "pairs":
         def good_fn(t: pa.Table) -> pa.Table:
-            return human_pairs_to_labeled(t)[0]
+            return human_pairs_to_preferences(t)[0]
 
         def bad_fn(t: pa.Table) -> pa.Table:
-            return human_pairs_to_labeled(t)[1]
+            return human_pairs_to_preferences(t)[1]
     else:
         def good_fn(t: pa.Table) -> pa.Table:
-            return validate_labeled(t, needs_scores)[0]
+            return validate_preferences(t, needs_scores)[0]
 
         def bad_fn(t: pa.Table) -> pa.Table:
-            return validate_labeled(t, needs_scores)[1]
+            return validate_preferences(t, needs_scores)[1]
     good = raw.map_batches(good_fn, batch_format="pyarrow", batch_size=4096).materialize()
     bad = raw.map_batches(bad_fn, batch_format="pyarrow", batch_size=4096).materialize()
     n_good, n_bad = good.count(), bad.count()
@@ -78,8 +79,8 @@ def load_pairs(cfg, needs_scores: bool, data_dir: str | None = None, data_format
     if n_good == 0:
         raise ConfigError(f"config error: data_dir: no usable rows in {data_dir} ({n_bad} quarantined)")
     # rows_in = rows_used + quarantined (rows); quarantine_reasons counts rows and whole files
-    return good, {"rows_in": n_good + n_bad, "rows_used": n_good, "quarantined": n_bad, "quarantine_reasons": dict(reasons),
-                  **InputCheck(data_dir, bad=bad_files).summary()}
+    return good, PairCounts(rows_in=n_good + n_bad, rows_used=n_good, quarantined=n_bad, quarantine_reasons=dict(reasons),
+                            files_quarantined=len(bad_files), bad_files=InputCheck(data_dir, bad=bad_files).records())
 
 
 def with_weights(ds, cfg) -> tuple:

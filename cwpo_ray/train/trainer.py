@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 from cwpo_ray import io
 from cwpo_ray.train.loop import FINAL_MARK, STATE_FILE
@@ -82,7 +83,18 @@ def read_metrics(output_dir: str) -> list[dict]:
     return [json.loads(line) for line in io.read_text(path).splitlines() if line.strip()]
 
 
-def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: list | None = None) -> dict:
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` hands back to its stage (which folds it into the stage's result model)."""
+
+    model_dir: str  # {output_dir}/model: the HF folder of the final step
+    checkpoint: str  # the Ray Train checkpoint it was copied from
+    fit_seconds: float
+    history: list[dict]  # the metrics.jsonl rows, one per logged step
+    final_metrics: dict[str, float]  # the last report's numeric metrics
+
+
+def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: list | None = None) -> FitResult:
     """Run :func:`cwpo_ray.train.loop.train_loop_per_worker` for ``task`` (an object or its name) on a
     ``TorchTrainer`` over the Ray Dataset ``ds`` (``rows`` rows); copy the final HF model to
     ``{output_dir}/model``.
@@ -132,9 +144,9 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
     for info in src_fs.get_file_info(pafs.FileSelector(result.checkpoint.path)):
         if info.type == pafs.FileType.File and info.base_name not in (STATE_FILE, FINAL_MARK):  # HF files only, not ds/
             pafs.copy_files(info.path, f"{dst}/{info.base_name}", source_filesystem=src_fs, destination_filesystem=dst_fs)
-    return {"model_dir": model_dir, "checkpoint": result.checkpoint.path, "fit_seconds": round(wall, 1),
-            "history": read_metrics(out),
-            "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}}
+    return FitResult(model_dir=model_dir, checkpoint=result.checkpoint.path, fit_seconds=round(wall, 1),
+                     history=read_metrics(out),
+                     final_metrics={k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
 
 
 def train_metrics(history: list[dict]) -> list[dict]:
