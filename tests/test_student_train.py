@@ -33,13 +33,15 @@ def preference_dir(prepared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sft_model(ray_session, synthetic_assets, prepared_data, tmp_path_factory):
-    """SFT on the human-labeled split (PAIR_SCHEMA → chosen), ZeRO-0."""
+    """SFT on the human-labeled split (PAIR_SCHEMA → chosen), ZeRO-0; optimizer paged_adamw_32bit, which
+    on CPU workers is torch AdamW with a logged note (the loss must still fall)."""
     from cwpo_ray.student.sft import format_sft, run_sft
 
     out = str(tmp_path_factory.mktemp("sft"))
     cfg = build_config(SFTConfig, {**SMALL, "model": synthetic_assets["student_base"], "data_format": "pairs",
                                    "data_dir": os.path.join(prepared_data["dir"], "labeled"), "output_dir": out,
-                                   "lr": 1e-3, "max_steps": 10, "zero_stage": 0, "warmup_steps": 0})
+                                   "lr": 1e-3, "max_steps": 10, "zero_stage": 0, "warmup_steps": 0,
+                                   "optimizer": "paged_adamw_32bit"})
     s = run_sft(cfg)
     print(format_sft(s))
     return s
@@ -60,6 +62,16 @@ def test_config_fails_fast():
     assert (c.beta, c.lr, c.batch_size, c.grad_accum, c.warmup_steps, c.weight_decay, c.lr_scheduler) == \
         (0.5, 5e-6, 16, 4, 100, 0.05, "cosine")  # the paper's defaults
     assert build_config(AlignConfig, {"loss": "ipo"}).reduction == "mean"
+    with pytest.raises(ConfigError, match="optimizer"):
+        build_config(AlignConfig, {"optimizer": "sgd"})
+    import importlib.util
+
+    from cwpo_ray.train.trainer import check_optimizer
+
+    check_optimizer(build_config(AlignConfig, {"optimizer": "paged_adamw_32bit"}))  # CPU: falls back, no error
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ConfigError, match=r"^config error: optimizer: paged_adamw_32bit needs bitsandbytes"):
+            check_optimizer(build_config(AlignConfig, {"optimizer": "paged_adamw_32bit", "use_gpu": True}))
     assert build_config(AlignConfig, {"loss": "ipo", "logprob_reduction": "sum"}).reduction == "sum"
 
 

@@ -30,6 +30,10 @@ class TrainConfig(StrictModel):
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)  # of the optimizer steps; used when warmup_steps is None
     weight_decay: float = Field(default=0.0, ge=0.0)  # on weight matrices (not biases / norms)
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    # adamw: torch AdamW (fused on CUDA). paged_adamw_32bit: bitsandbytes' PagedAdamW32bit (the paper's
+    # Tables 8-9; optimizer state paged to host memory under GPU memory pressure), CUDA only: on CPU the
+    # workers log a note and use torch AdamW. Needs the `bnb` extra on GPU workers.
+    optimizer: Literal["adamw", "paged_adamw_32bit"] = "adamw"
     # Examples (pairs or sequences) per worker per micro-step; one optimizer step sees
     # batch_size x num_workers x grad_accum of them.
     batch_size: int = Field(default=16, gt=0)

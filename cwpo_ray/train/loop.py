@@ -132,7 +132,8 @@ class Recipe:
         self.module = task.trained_module(cfg, self.hf_model)
 
     def setup_optimizer(self) -> None:
-        """AdamW (no decay on biases / norms) + the warm-up schedule, wrapped in a DeepSpeed engine."""
+        """AdamW (no decay on biases / norms; bitsandbytes' paged variant on CUDA when configured) + the
+        warm-up schedule, wrapped in a DeepSpeed engine."""
         import deepspeed
         import torch
         from transformers import get_scheduler
@@ -142,8 +143,16 @@ class Recipe:
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]  # e.g. LoRA: matrices only (DeepSpeed drops empty groups)
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                      **({"fused": True} if self.device.type == "cuda" else {}))
+        if cfg.optimizer == "paged_adamw_32bit" and self.device.type == "cuda":
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.PagedAdamW32bit(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas))
+        else:
+            if cfg.optimizer == "paged_adamw_32bit":
+                self.log.info("optimizer=paged_adamw_32bit pages optimizer state between GPU and host memory and "
+                              "needs CUDA; on %s this run uses torch AdamW (same update rule, 32-bit state)", self.device)
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                          **({"fused": True} if self.device.type == "cuda" else {}))
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=self.sched["warmup_steps"],
                                   num_training_steps=max(self.sched["total_steps"], 1))
         self.engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,

@@ -94,6 +94,17 @@ class FitResult:
     final_metrics: dict[str, float]  # the last report's numeric metrics
 
 
+def check_optimizer(cfg) -> None:
+    """Fail before any worker starts when the configured optimizer cannot be built where it will run."""
+    import importlib.util
+
+    if cfg.optimizer == "paged_adamw_32bit" and cfg.use_gpu and importlib.util.find_spec("bitsandbytes") is None:
+        from cwpo_ray.config import ConfigError
+
+        raise ConfigError("config error: optimizer: paged_adamw_32bit needs bitsandbytes on the GPU workers "
+                          "(pip install 'cwpo-ray[bnb]'), or set optimizer=adamw")
+
+
 def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: list | None = None) -> FitResult:
     """Run :func:`cwpo_ray.train.loop.train_loop_per_worker` for ``task`` (an object or its name) on a
     ``TorchTrainer`` over the Ray Dataset ``ds`` (``rows`` rows); copy the final HF model to
@@ -111,6 +122,7 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
     from cwpo_ray.train.loop import resolve_task, train_loop_per_worker
 
     task = resolve_task(task)
+    check_optimizer(cfg)
     out = cfg.output_dir
     storage = out if "://" in out else os.path.abspath(out)
     if not cfg.resume:  # Ray Train would otherwise pick up an earlier run of the same name
