@@ -7,7 +7,8 @@ One object owns these paths, so the pipeline, the sweep and the scripts never re
     {run}/data/        prepare: {labeled,unlabeled,validation,test}/*.parquet, quarantine/, summary.json
     {run}/annotator/   train-annotator: model/ (AutoModelForSequenceClassification), plots, summary.json
     {run}/annotated/   annotate: preferences/*.parquet (prompt, chosen, rejected, confidence, ...)
-    {run}/sft/         sft: model/ (AutoModelForCausalLM)
+    {run}/sft/         sft: model/ (AutoModelForCausalLM), on the labeled split's human labels
+    {run}/sft_LABELS/  sft_data=method_labels: one SFT model per label source (weak, human_unlabeled, ...)
     {run}/generated/   generate (optional): pairs/*.parquet
     {run}/human_all/   labeled + unlabeled human pairs (links), for labels=human_all
     {run}/align/NAME/  align, one folder per method: model/
@@ -41,6 +42,10 @@ class RunLayout:
     generated = _sub("generated")
     human_all = _sub("human_all")
     eval = _sub("eval")
+
+    def sft_for(self, labels: str) -> Path:
+        """The SFT model folder of one label source (``sft_data: method_labels``)."""
+        return self.root / f"sft_{labels}"
 
     def align(self, method: str) -> Path:
         return self.root / "align" / method

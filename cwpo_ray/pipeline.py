@@ -79,6 +79,13 @@ class PipelineConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
     methods: dict[str, MethodSpec] = Field(default_factory=_default_methods, min_length=1)
+    # The students' initialisation. labeled_human: one SFT model on (prompt, human-chosen) of the labeled
+    # split, shared by every method (reference and GRA baseline of all). method_labels: the paper's — one
+    # SFT model per label source the methods use, on the (prompt, chosen) of that method's own alignment
+    # data (weak labels for weak methods, human labels for human ones); each method starts from, is
+    # regularised towards and is evaluated against its own SFT model, and is also compared with the
+    # labeled_human SFT model, trained as well, so that rows compare directly.
+    sft_data: Literal["labeled_human", "method_labels"] = "labeled_human"
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     # Optional: candidate pairs sampled from the SFT student (vLLM) for prompts of the unlabeled pool,
     # written in the canonical pair schema (ready for `annotate`); the paper aligns on the datasets' pairs.
@@ -89,7 +96,7 @@ class PipelineConfig(StrictModel):
     # Fields the pipeline sets itself: a value given for them would be ignored, so it is rejected.
     OWNED: ClassVar[dict[str, tuple[str, ...]]] = {
         "prepare": ("ray",), "annotator": ("ray",), "annotate": ("ray", "overwrite"), "sft": ("ray",),
-        "generate": ("ray",), "evaluate": ("ray",),
+        "generate": ("ray",), "evaluate": ("ray", "baselines", "compare_to"),
         "align": ("ray", "data_dir", "data_format", "output_dir", "loss", "weighting", "top_fraction"),
     }
 
@@ -99,7 +106,9 @@ class PipelineConfig(StrictModel):
                "overwrite": "the run manifest decides when annotate re-runs",
                "data_dir": "each method's labels decide it (methods.NAME.labels)",
                "data_format": "each method's labels decide it (methods.NAME.labels)",
-               "output_dir": "each method writes {run_dir}/align/NAME"}
+               "output_dir": "each method writes {run_dir}/align/NAME",
+               "baselines": "the SFT models of sft_data=method_labels",
+               "compare_to": "each method is compared with its own SFT model (sft_data)"}
         for section, fields in self.OWNED.items():
             for f in fields:
                 if f in getattr(self, section).model_fields_set:
@@ -107,6 +116,8 @@ class PipelineConfig(StrictModel):
                                      + why.get(f, f"give it per method, e.g. methods.NAME.{f}=..."))
         if "data_format" in self.sft.model_fields_set and self.sft.data_dir is None:
             raise ValueError("sft.data_format: set by the pipeline unless sft.data_dir is given too")
+        if self.sft_data == "method_labels" and self.sft.data_dir is not None:
+            raise ValueError("sft.data_dir: with sft_data=method_labels each method's labels decide the SFT data")
         return self
 
     def dump_exclude(self) -> dict:
@@ -259,6 +270,30 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         stage("sft", SFTResult, sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft,
               [Path(sft_model)])
 
+    # 5a. sft per label source (sft_data=method_labels, the paper's): (prompt, chosen) of each method's own
+    # alignment data, after annotate (weak labels) -----------------------------------------------------------
+    label_data = {
+        "weak": (str(weak_labels), "preferences", fps.get("annotate", "")),
+        "human_unlabeled": (str(data / "unlabeled"), "pairs", fps.get("prepare", "")),
+        "human_labeled": (str(data / "labeled"), "pairs", fps.get("prepare", "")),
+        "human_all": (str(run.human_all), "pairs", fps.get("prepare", "")),
+    }
+    if any(ms.labels == "human_all" for ms in cfg.methods.values()):
+        _link_tree([data / "labeled", data / "unlabeled"], run.human_all)
+    init = {ms.labels: (sft_model, "sft") for ms in cfg.methods.values()}  # labels -> (SFT model, its stage)
+    if cfg.sft_data == "method_labels":
+        for source in dict.fromkeys(ms.labels for ms in cfg.methods.values()):
+            if source == "human_labeled":  # the same data as the common SFT model's: that model is its SFT model
+                continue
+            d, fmt, fp_in = label_data[source]
+            s_cfg = _fill(cfg.sft, f"sft/{source}", {**ray_only, "data_format": fmt, "data_dir": d,
+                                                     "output_dir": str(run.sft_for(source))},
+                          model=syn_paths.student_base if syn_paths else None)
+            init[source] = (str(RunLayout.model(s_cfg.output_dir)), f"sft/{source}")
+            if "sft" in cfg.stages:
+                stage(f"sft/{source}", SFTResult, s_cfg, {"data": fp_in}, Path(s_cfg.output_dir),
+                      lambda s_cfg=s_cfg: run_sft(s_cfg), format_sft, [Path(init[source][0])])
+
     # 5b. generate (optional): candidate pairs from the SFT student for unlabeled prompts ------------------
     if "generate" in cfg.stages:
         from cwpo_ray.generate.stage import format_generate, run_generate
@@ -271,35 +306,30 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     # 6. align: one student per method ----------------------------------------------------------------
     from cwpo_ray.student.align import format_align, run_align
 
-    label_data = {
-        "weak": (str(weak_labels), "preferences", fps.get("annotate", "")),
-        "human_unlabeled": (str(data / "unlabeled"), "pairs", fps.get("prepare", "")),
-        "human_labeled": (str(data / "labeled"), "pairs", fps.get("prepare", "")),
-        "human_all": (str(run.human_all), "pairs", fps.get("prepare", "")),
-    }
-    if any(ms.labels == "human_all" for ms in cfg.methods.values()):
-        _link_tree([data / "labeled", data / "unlabeled"], run.human_all)
     models: dict[str, str] = {}
     for name, ms in cfg.methods.items():
         d, fmt, fp_in = label_data[ms.labels]
         al = _fill(cfg.align, f"methods.{name}", {
             **ray_only, "data_dir": d, "data_format": fmt, "output_dir": str(run.align(name)), "loss": ms.loss,
             "weighting": ms.weighting, "top_fraction": ms.top_fraction, "beta": ms.beta or cfg.align.beta},
-            model=sft_model)
+            model=init[ms.labels][0])
         models[name] = str(RunLayout.model(al.output_dir))
         if "align" in cfg.stages:
-            stage(f"align/{name}", AlignResult, al, {"data": fp_in, "sft": fps.get("sft", "")}, Path(al.output_dir),
+            stage(f"align/{name}", AlignResult, al, {"data": fp_in, "sft": fps.get(init[ms.labels][1], "")}, Path(al.output_dir),
                   lambda al=al: run_align(al, callbacks=train_callbacks),
                   format_align, [Path(models[name])])
 
     # 7. evaluate: GRA of every method against the SFT model ------------------------------------------
     from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
 
-    ev = _fill(cfg.evaluate, "evaluate", ray_only, prompts_path=str(data / "test"), sft_model=sft_model,
-               output_dir=str(run.eval), models=models)
+    own = {f"sft-{s}": m for s, (m, st) in init.items() if st != "sft"}  # SFT models other than the common one
+    ev = _fill(cfg.evaluate, "evaluate", {**ray_only, "baselines": own, "compare_to": {
+                   n: f"sft-{ms.labels}" for n, ms in cfg.methods.items() if f"sft-{ms.labels}" in own}},
+               prompts_path=str(data / "test"), sft_model=sft_model, output_dir=str(run.eval), models=models)
     evaluation, report, gate = None, None, None
     if "evaluate" in cfg.stages:
-        inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models}}
+        inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models},
+                  **{st: fps.get(st, "") for _, st in init.values() if st != "sft"}}
         evaluation = stage("evaluate", EvaluateResult, ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev),
                            format_evaluate, [Path(ev.output_dir) / "metrics.json"])
         report = str(Path(ev.output_dir) / "report.md")

@@ -259,6 +259,7 @@ class AlignResult(PairCounts):
     reduction: str
     reference_mode: str
     reference_seconds: float | None  # the precomputed reference pass (None: on the fly)
+    base_model: str | None = None  # the model it started from (and, without align.reference, its reference)
     model_dir: str
     checkpoint: str
     output_dir: str
@@ -348,9 +349,12 @@ class EvaluateResult(StageResult):
     quarantine_reasons: dict[str, int] = Field(default_factory=dict)  # bad files and unusable prompts
     sft_model: str
     models: dict[str, str]  # method -> aligned model
+    baselines: dict[str, str] = Field(default_factory=dict)  # more references by name -> model
+    compare_to: dict[str, str] = Field(default_factory=dict)  # method -> its reference when not "sft"
     gold: str  # the gold reward model
     gold_seconds: float
-    methods: dict[str, MethodMetrics]
+    methods: dict[str, MethodMetrics]  # each method against its reference (compare_to, default the SFT model)
+    methods_vs_common: dict[str, MethodMetrics] = Field(default_factory=dict)  # those with their own reference, vs "sft"
     mean_gold: dict[str, float]  # per model, "sft" included
     length_limit_share: dict[str, float]  # per model, "sft" included
     generation: dict[str, ModelGeneration]  # per model, "sft" included

@@ -104,7 +104,8 @@ def test_cli_print_config(capsys):
                                       for field in fields
                                       for value in [{"ray": "{num_cpus: 2}", "overwrite": "true", "data_dir": "/x",
                                                      "data_format": "pairs", "output_dir": "/x", "loss": "ipo",
-                                                     "weighting": "top_fraction", "top_fraction": "0.9"}[field]]])
+                                                     "weighting": "top_fraction", "top_fraction": "0.9",
+                                                     "baselines": "{sft-x: /m}", "compare_to": "{}"}[field]]])
 def test_pipeline_owned_fields_are_rejected_not_ignored(override, capsys):
     """A field the pipeline sets itself would be silently overwritten: it is an error naming the field."""
     assert main(["demo", override, "--print-config"]) == 2
@@ -150,3 +151,13 @@ def test_config_overlays_deep_merge_in_order(tmp_path):
     cfg = load_config(PipelineConfig, [tmp_path / "base.yaml", tmp_path / "data.yaml", tmp_path / "model.yaml"],
                       ["align.beta=0.1"])
     assert (cfg.align.beta, cfg.align.lr, cfg.prepare.labeled_fraction) == (0.1, 5e-6, 0.2)
+
+
+def test_method_labels_sft_owns_its_data_and_the_evaluate_references():
+    from cwpo_ray.pipeline import PipelineConfig
+
+    assert build_config(PipelineConfig, overrides=["sft_data=method_labels"]).sft_data == "method_labels"
+    with pytest.raises(ConfigError, match=r"^config error: sft\.data_dir: with sft_data=method_labels"):
+        build_config(PipelineConfig, overrides=["sft_data=method_labels", "sft.data_dir=/x"])
+    with pytest.raises(ConfigError, match="sft_data"):
+        build_config(PipelineConfig, overrides=["sft_data=per_method"])

@@ -194,6 +194,25 @@ def test_steamshp_judge_format_truncation_and_batching(synthetic_assets, tmp_pat
         build_config(EvaluateConfig, {"gold": {"kind": "steamshp", "model": "m", "input_format": "chat"}})
 
 
+def test_each_method_against_its_own_reference_and_the_common_one():
+    from cwpo_ray.evaluate.stage import method_metrics
+
+    rng = np.random.default_rng(0)
+    scores = {"sft": rng.normal(size=(40, 2)), "sft-weak": rng.normal(1.0, 1, size=(40, 2))}
+    scores["cw"] = scores["sft-weak"] + 0.5  # beats its own SFT model on every sample
+    scores["human"] = rng.normal(size=(40, 2))
+    cfg = build_config(EvaluateConfig, {"models": {"cw": "a", "human": "b"}, "baselines": {"sft-weak": "w"},
+                                        "compare_to": {"cw": "sft-weak"}, "num_bootstrap": 200})
+    own, common = method_metrics(scores, cfg)
+    assert own["cw"] == gra(scores["cw"], scores["sft-weak"], 200, 0.95, cfg.sampling.seed) and own["cw"]["gra"] == 1.0
+    assert own["human"] == gra(scores["human"], scores["sft"], 200, 0.95, cfg.sampling.seed)
+    assert set(common) == {"cw"} and common["cw"] == gra(scores["cw"], scores["sft"], 200, 0.95, cfg.sampling.seed)
+    for bad, field in (({"baselines": {"cw": "x"}}, "baselines"), ({"baselines": {"sft": "x"}}, "baselines"),
+                       ({"compare_to": {"nope": "sft"}}, "compare_to"), ({"compare_to": {"cw": "sft-x"}}, "compare_to")):
+        with pytest.raises(ConfigError, match=field):
+            build_config(EvaluateConfig, {"models": {"cw": "a"}, **bad})
+
+
 # ---------------------------------------------------------------- the stage on the vLLM CPU engine
 
 @pytest.fixture(scope="module")

@@ -124,6 +124,8 @@ def test_paper_config(name):
         assert (stage.lr_scheduler, stage.warmup_steps, stage.weight_decay) == ("cosine", 100, 0.05)  # Tables 8-9
         assert stage.max_prompt_length < stage.max_length == cfg.prepare.max_length
 
+    # student initialisation (protocol): SFT on D_unlabeled's (x, y+) with the labels each method uses
+    assert cfg.sft_data == "method_labels"
     # SFT (Table 9) and preference optimization (Table 8); batches read as the global batch of one device
     assert (cfg.sft.epochs, cfg.sft.lr) == (3, 1e-5)
     assert cfg.sft.batch_size * cfg.sft.num_workers * cfg.sft.grad_accum == (16 if big else 64)  # 4 x 4 above 7B, else 16 x 4

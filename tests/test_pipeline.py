@@ -16,6 +16,7 @@ SMALL = [
     "annotator.epochs=2", "sft.epochs=1", "align.epochs=1",
     "methods={cw-dpo: {labels: weak, weighting: confidence}}", "evaluate.max_prompts=16",
     "evaluate.num_bootstrap=200", "generate.max_prompts=8",
+    "sft_data=method_labels",  # the paper's initialisation: cw-dpo starts from an SFT model on its weak labels
 ]
 
 
@@ -61,9 +62,17 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"cw-dpo"} and 0.0 <= metrics["methods"]["cw-dpo"]["gra"] <= 1.0
     assert (run / "eval" / "report.md").exists()
+    # sft_data=method_labels: an SFT model on the weak labels' chosen responses, cw-dpo's start, reference and
+    # GRA baseline; the common SFT model (human labels of the labeled split) is its second comparison
+    assert final["sft/weak"]["summary"]["rows_used"] == final["annotate"]["summary"]["pairs"]
+    assert final["sft"]["summary"]["rows_used"] != final["sft/weak"]["summary"]["rows_used"]
+    assert final["align/cw-dpo"]["summary"]["base_model"] == str(run / "sft_weak" / "model")
+    assert metrics["compare_to"] == {"cw-dpo": "sft-weak"} and metrics["baselines"] == {"sft-weak": str(run / "sft_weak" / "model")}
+    assert set(metrics["methods_vs_common"]) == {"cw-dpo"} and set(metrics["generation"]) == {"sft", "sft-weak", "cw-dpo"}
+    assert "vs the common SFT model" in out.stdout
     # a third run has nothing left to do
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 8, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 9, again.stdout[-2000:]
 
 
 def _labels(run):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cwpo_ray.config import OnBadFile, RayConfig, StrictModel
 from cwpo_ray.evaluate.gold import GoldConfig
@@ -20,6 +20,11 @@ class EvaluateConfig(StrictModel):
     # method name -> aligned model (hub id or folder), e.g. {cw-dpo: runs/x/align/cw-dpo, dpo: ...}.
     # Baselines are simply more entries: every method gets the same GRA/CI/gain treatment.
     models: dict[str, str] = Field(default_factory=dict)
+    # More reference models by name (e.g. one SFT model per label source, the paper's initialisation) and,
+    # per method, the reference its GRA is computed against (default: "sft", the sft_model). A method with
+    # its own reference is also compared with sft_model (``methods_vs_common`` in the result).
+    baselines: dict[str, str] = Field(default_factory=dict)
+    compare_to: dict[str, str] = Field(default_factory=dict)
     output_dir: str | None = None  # required; the pipeline sets {run_dir}/eval
     max_prompts: int | None = Field(default=None, gt=0)
     # Responses per prompt and model; GRA averages each prompt's k comparisons (sample j vs sample j).
@@ -45,3 +50,15 @@ class EvaluateConfig(StrictModel):
             if not name or any(c in name for c in "/\\ "):
                 raise ValueError(f"method name {name!r} must be non-empty without '/', '\\' or spaces")
         return v
+
+    @model_validator(mode="after")
+    def _references(self):
+        for name in self.baselines:
+            if name == "sft" or name in self.models or not name or any(c in name for c in "/\\ "):
+                raise ValueError(f"baselines: name {name!r} must differ from 'sft' and every method, without '/', '\\' or spaces")
+        for method, ref in self.compare_to.items():
+            if method not in self.models:
+                raise ValueError(f"compare_to: {method!r} is not one of the models {sorted(self.models)}")
+            if ref != "sft" and ref not in self.baselines:
+                raise ValueError(f"compare_to.{method}: {ref!r} is neither 'sft' nor one of the baselines {sorted(self.baselines)}")
+        return self

@@ -29,7 +29,7 @@ def plot_gra(metrics: EvaluateResult, path: str) -> None:
     ax.bar(x, t * 100, bottom=g * 100, color="#CCCCCC", label="ties")
     ax.axhline(50, color="k", lw=0.8, ls="--")
     ax.set_xticks(x, names)
-    ax.set_ylabel("% of prompts (vs SFT)")
+    ax.set_ylabel("% of prompts (vs its SFT model)")
     ax.set_ylim(0, 100)
     ax.set_title(f"Gold Reward Accuracy, {int(metrics.ci * 100)}% bootstrap CI (n={metrics.num_prompts})")
     ax.legend(loc="upper right", fontsize=8)
@@ -76,14 +76,21 @@ def markdown(metrics: EvaluateResult) -> str:
         f"- at the length limit ({metrics.sampling['max_new_tokens']} new tokens): SFT "
         f"{lim['sft']:.1%}; per method in the table.",
         "",
-        f"| method | GRA | {ci}% CI | ties | losses | mean gain | {ci}% CI | mean gold | at length limit |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| method | against | GRA | {ci}% CI | ties | losses | mean gain | {ci}% CI | mean gold | at length limit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in metrics.methods.items():
+        ref = metrics.compare_to.get(name, "sft")
         lines.append(
-            f"| {name} | {m.gra:.3f} | [{m.gra_ci[0]:.3f}, {m.gra_ci[1]:.3f}] | {m.tie_rate:.3f} | "
+            f"| {name} | {ref} ({lim[ref]:.1%} at limit) | {m.gra:.3f} | [{m.gra_ci[0]:.3f}, {m.gra_ci[1]:.3f}] | {m.tie_rate:.3f} | "
             f"{m.loss_rate:.3f} | {m.mean_gain:+.3f} | [{m.mean_gain_ci[0]:+.3f}, {m.mean_gain_ci[1]:+.3f}] | "
             f"{m.mean_gold_aligned:.3f} | {lim[name]:.1%} |")
+    if metrics.methods_vs_common:
+        lines += ["", "Every method against the common SFT model (`sft`), so that rows compare directly:", "",
+                  f"| method | GRA | {ci}% CI | mean gain |", "|---|---|---|---|"]
+        for name, m in metrics.methods.items():
+            c = metrics.methods_vs_common.get(name, m)
+            lines.append(f"| {name} | {c.gra:.3f} | [{c.gra_ci[0]:.3f}, {c.gra_ci[1]:.3f}] | {c.mean_gain:+.3f} |")
     lines += ["", "## Generation", "", "| model | path | backend | tokens | tok/s | finish |", "|---|---|---|---|---|---|"]
     for name, g in metrics.generation.items():
         lines.append(f"| {name} | `{g.model}` | {', '.join(g.backends)} | {g.generated_tokens} | "

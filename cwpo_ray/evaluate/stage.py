@@ -122,6 +122,18 @@ def load_prompts(cfg: EvaluateConfig) -> tuple[list[str], dict, InputCheck, dict
     return prompts, counts, check, dict(reasons)
 
 
+def method_metrics(scores: dict[str, np.ndarray], cfg: EvaluateConfig) -> tuple[dict, dict]:
+    """GRA of each method against its reference (``cfg.compare_to``, default "sft"), and of the methods
+    that have their own reference also against "sft" (the common SFT model), from [prompts, samples] gold
+    scores per model name."""
+    def one(name: str, ref: str):
+        return gra(scores[name], scores[ref], cfg.num_bootstrap, cfg.ci, cfg.sampling.seed, cfg.tie_tolerance)
+
+    refs = {name: cfg.compare_to.get(name, "sft") for name in cfg.models}
+    return ({name: one(name, ref) for name, ref in refs.items()},
+            {name: one(name, "sft") for name, ref in refs.items() if ref != "sft"})
+
+
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
     require(cfg, "prompts_path", "sft_model", "output_dir")
@@ -132,7 +144,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         raise ConfigError(f"config error: prompts_path: no usable prompts in {cfg.prompts_path!r}")
     pids = [prompt_id(p) for p in prompts]
     k = cfg.num_samples
-    models = {"sft": cfg.sft_model, **cfg.models}
+    models = {"sft": cfg.sft_model, **cfg.baselines, **cfg.models}
     tables, generation = [], {}
     for name, path in models.items():
         # One Ray Data pipeline per model: its engine actors exit when it finishes, before the next starts.
@@ -174,8 +186,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     responses = responses.append_column("gold", pa.array(gold, pa.float64()))
     n = len(pids)
     scores = {name: gold[i * n * k:(i + 1) * n * k].reshape(n, k) for i, name in enumerate(models)}
-    methods = {name: gra(scores[name], scores["sft"], cfg.num_bootstrap, cfg.ci, cfg.sampling.seed, cfg.tie_tolerance)
-               for name in cfg.models}
+    methods, vs_common = method_metrics(scores, cfg)
     metrics = EvaluateResult(
         num_prompts=n,
         samples_per_prompt=k,
@@ -187,9 +198,12 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         quarantine_reasons=quarantine_reasons,
         sft_model=cfg.sft_model,
         models=dict(cfg.models),
+        baselines=dict(cfg.baselines),
+        compare_to={m: r for m, r in cfg.compare_to.items() if r != "sft"},
         gold=cfg.gold.model if cfg.gold.kind == "hf" else "synthetic r*(x, y)",
         gold_seconds=round(time.time() - t0, 2),
         methods=methods,
+        methods_vs_common=vs_common,
         mean_gold={name: float(v.mean()) for name, v in scores.items()},
         length_limit_share={name: generation[name].length_limit_share for name in models},
         generation=generation,
@@ -211,8 +225,13 @@ def format_evaluate(m: EvaluateResult) -> str:
     lines = [f"evaluate: {m.num_prompts} prompts x {m.samples_per_prompt} samples, gold {m.gold}; "
              f"SFT mean gold {m.mean_gold['sft']:.3f}, at the length limit {lim['sft']:.1%}"]
     for name, r in m.methods.items():
-        lines.append(f"  {name}: GRA {r.gra:.3f} [{r.gra_ci[0]:.3f}, {r.gra_ci[1]:.3f}] ({ci}% CI), "
+        ref = m.compare_to.get(name, "sft")
+        vs = "" if ref == "sft" else f" vs {ref} (at the limit {lim[ref]:.1%})"
+        lines.append(f"  {name}: GRA {r.gra:.3f} [{r.gra_ci[0]:.3f}, {r.gra_ci[1]:.3f}] ({ci}% CI){vs}, "
                      f"ties {r.tie_rate:.3f}, mean gain {r.mean_gain:+.3f}, at the length limit {lim[name]:.1%}")
+        if name in m.methods_vs_common:
+            c = m.methods_vs_common[name]
+            lines.append(f"  {'':{len(name)}}  vs the common SFT model: GRA {c.gra:.3f} [{c.gra_ci[0]:.3f}, {c.gra_ci[1]:.3f}]")
     for name, g in m.generation.items():
         if g.fallback_reasons:
             lines.append(f"  WARNING: {name} generated with the HF fallback: {'; '.join(g.fallback_reasons)}")

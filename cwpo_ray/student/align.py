@@ -106,7 +106,7 @@ def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: lis
         **counts.model_dump(), **{f"weights_{k}": v for k, v in wstats.items()},
         loss_type=cfg.loss, weighting=cfg.weighting, beta=cfg.beta, reduction=cfg.reduction,
         reference_mode=cfg.reference_mode, reference_seconds=ref_seconds,
-        model_dir=res.model_dir, checkpoint=res.checkpoint, output_dir=cfg.output_dir,
+        base_model=cfg.model, model_dir=res.model_dir, checkpoint=res.checkpoint, output_dir=cfg.output_dir,
         zero_stage=cfg.zero_stage,
         num_workers=cfg.num_workers, steps=last.get("step", 0), fit_seconds=res.fit_seconds,
         seconds=round(time.time() - t0, 1),
