@@ -40,7 +40,7 @@ STAGES: dict[str, tuple[str, str, str | None, str]] = {
     "pipeline": ("cwpo_ray.pipeline:PipelineConfig", "cwpo_ray.pipeline:run_pipeline", "cwpo_ray.pipeline:format_pipeline",
                  "prepare -> train-annotator -> annotate -> sft -> align (methods) -> evaluate, resumable"),
     "sweep": ("cwpo_ray.sweep.config:SweepConfig", "cwpo_ray.sweep.tune:run_sweep", "cwpo_ray.sweep.tune:format_sweep",
-              "Ray Tune over beta, labeled fraction, loss and weighting; results table + plots"),
+              "Ray Tune over dotted pipeline keys x methods x seeds, selected on validation, then tested"),
     "demo": ("cwpo_ray.pipeline:PipelineConfig", "cwpo_ray.pipeline:run_pipeline", "cwpo_ray.pipeline:format_pipeline",
              "the pipeline on the embedded synthetic task with tiny models (no downloads)"),
 }

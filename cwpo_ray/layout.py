@@ -45,7 +45,12 @@ class RunLayout:
 
     def sft_for(self, labels: str) -> Path:
         """The SFT model folder of one label source (``sft_data: method_labels``)."""
-        return self.root / f"sft_{labels}"
+        return self.sft_for_in(self.sft, labels)
+
+    @staticmethod
+    def sft_for_in(sft_dir: str | Path, labels: str) -> Path:
+        """Next to the common SFT folder, wherever that is (a sweep trial points it at a shared run)."""
+        return Path(sft_dir).parent / f"sft_{labels}"
 
     def align(self, method: str) -> Path:
         return self.root / "align" / method

@@ -214,7 +214,9 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
 
     # 1. synthesize (embedded task) -------------------------------------------------------------
     syn_paths: SyntheticPaths | None = None
-    if cfg.synthetic is not None:
+    # Only the stages that read the task's files need it (a sweep trial that aligns and evaluates on a
+    # shared run's outputs must not rebuild the shared task).
+    if cfg.synthetic is not None and any(s in cfg.stages for s in ("prepare", "train-annotator", "sft")):
         from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
         syn = _fill(cfg.synthetic, "synthetic", output_dir=str(run.synthetic))
@@ -287,7 +289,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
                 continue
             d, fmt, fp_in = label_data[source]
             s_cfg = _fill(cfg.sft, f"sft/{source}", {**ray_only, "data_format": fmt, "data_dir": d,
-                                                     "output_dir": str(run.sft_for(source))},
+                                                     "output_dir": str(RunLayout.sft_for_in(sft.output_dir, source))},
                           model=syn_paths.student_base if syn_paths else None)
             init[source] = (str(RunLayout.model(s_cfg.output_dir)), f"sft/{source}")
             if "sft" in cfg.stages:

@@ -368,18 +368,28 @@ class EvaluateResult(StageResult):
 
 
 class SweepRow(StageResult):
-    """One trial of ``cwpo sweep`` (a row of results.csv)."""
+    """One trial of ``cwpo sweep`` (a row of results.csv): one method at one point in one seed, scored on
+    the validation split."""
 
-    labeled_fraction: float
-    loss: str
-    weighting: str
-    beta: float
+    point: dict[str, Any]  # dotted pipeline key -> value
+    seed: int
     method: str
-    gra: float | None  # None: the trial failed or was stopped early
-    gra_ci_low: float | None
-    gra_ci_high: float | None
-    gold_gain: float | None
+    val_gra: float | None  # None: the trial failed or was stopped early
+    val_gra_ci_low: float | None
+    val_gra_ci_high: float | None
+    val_gold_gain: float | None
     status: Literal["ok", "error", "stopped_early"]
+
+
+class SweepSelection(StageResult):
+    """A method's selected point (highest validation GRA over seeds) and, after it, its test GRA."""
+
+    point: dict[str, Any]
+    validation_gra: float  # mean over seeds
+    validation_per_seed: list[float]
+    test_gra: float | None = None  # mean over seeds (None: final_test off)
+    test_gra_ci: CI | None = None  # two-level bootstrap over seeds x prompts
+    test_per_seed: list[float] = Field(default_factory=list)
 
 
 class SweepResult(StageResult):
@@ -391,6 +401,7 @@ class SweepResult(StageResult):
     results_csv: str
     results_md: str
     rows: list[SweepRow]
+    selected: dict[str, SweepSelection] = Field(default_factory=dict)  # per method
 
 
 class LabelReport(StageResult):

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from cwpo_ray.config import Loss, RayConfig, StrictModel, Weighting
+from cwpo_ray.config import RayConfig, StrictModel
+
+# Pipeline sections whose fields change what the shared (upstream) stages produce; a point's other keys
+# (align.*, methods.*) only change its own trial's align.
+UPSTREAM = ("synthetic", "prepare", "annotator", "annotate", "sft", "sft_data")
+SWEEPABLE = (*UPSTREAM, "align", "methods")
 
 
 class AshaSettings(StrictModel):
@@ -18,23 +23,43 @@ class AshaSettings(StrictModel):
 
 
 class SweepConfig(StrictModel):
-    """`cwpo sweep`: Ray Tune over β, labeled fraction, loss and weighting.
+    """`cwpo sweep`: Ray Tune over any pipeline fields, selected on the validation split.
 
-    Trials sharing a labeled fraction share its prepare/annotator/annotate/sft run directory (the
-    pipeline's manifest skips what is finished, and a lock serialises trials racing for it); each
-    trial then runs its own align + evaluate.
+    ``space`` maps dotted pipeline keys (``align.lr``, ``align.beta``, ``align.epochs``,
+    ``prepare.labeled_fraction``, ...) to the values to try; the grid is their product. Every grid point
+    is run for every method of ``methods`` and every seed of ``seeds`` (one Tune trial each; every seed
+    field of the pipeline set to the seed). A trial aligns its one method and evaluates it on the
+    **validation** prompts; trials sharing the upstream part of their point (keys outside align/methods)
+    and seed share one run folder for prepare / annotator / annotate / sft (the pipeline's manifest skips
+    what is finished; a lock serialises trials racing for it).
+
+    Selection, per method: the point with the highest validation GRA averaged over seeds (validation
+    only; the test split is never read to choose). Then, with ``final_test``, each method's selected
+    point is evaluated once on the **test** prompts, per seed, and reported with a CI over seeds x prompts.
     """
 
     output_dir: str = "runs/sweep"
     # Base pipeline: "demo" (the packaged demo config) or a YAML path; `pipeline` overrides deep-merge on top.
     pipeline_config: str | None = "demo"
     pipeline: dict = Field(default_factory=dict)
-    beta: list[float] = Field(default_factory=lambda: [0.5], min_length=1)
-    labeled_fraction: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
-    loss: list[Loss] = Field(default_factory=lambda: ["dpo"], min_length=1)
-    weighting: list[Weighting] = Field(default_factory=lambda: ["confidence", "none"], min_length=1)
-    top_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    space: dict[str, list[Any]] = Field(default_factory=lambda: {"align.beta": [0.5]}, min_length=1)
+    methods: list[str] | None = None  # names in the pipeline's `methods`; default: all of them
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    final_test: bool = True
     max_concurrent_trials: int = Field(default=1, gt=0)
     trial_cpus: float = Field(default=0.01, gt=0)  # the trial driver itself; its TorchTrainer asks for its own
     asha: AshaSettings | None = None
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if key.split(".")[0] not in SWEEPABLE or (key.split(".")[0] != "sft_data" and "." not in key):
+                raise ValueError(f"{key!r}: a dotted pipeline key under one of {', '.join(SWEEPABLE)} "
+                                 "(evaluate and the run folders are the sweep's own)")
+            if key.split(".")[-1] == "seed" or key.endswith(".seed"):
+                raise ValueError(f"{key!r}: seeds are swept with `seeds`, not in the space")
+            if not values:
+                raise ValueError(f"{key!r}: give at least one value")
+        return v

@@ -1,27 +1,47 @@
-"""`cwpo sweep` on Ray Tune (Train V2 style): each trial is a function that runs the pipeline stages
-it needs — the TorchTrainer inside `align` reports through ``TuneReportCallback`` — and ends by
-reporting its GRA. Passing a Trainer to ``Tuner`` is not supported in Train V2; see shared notes.
+"""`cwpo sweep` on Ray Tune (Train V2 style): each trial is a function that runs the pipeline stages it
+needs for one (grid point, seed, method) — the TorchTrainer inside `align` reports through
+``TuneReportCallback`` — and ends by reporting the method's validation GRA. Passing a Trainer to
+``Tuner`` is not supported in Train V2.
+
+Run folders under ``output_dir``::
+
+    shared/seed{S}/{upstream point}/      synthesize, prepare, train-annotator, annotate, sft (shared)
+    trials/seed{S}/{point}/{method}/      align/{method}/, eval_validation/, eval_test/ (selected points)
+
+The selection (:func:`select_per_method`) reads validation rows only; the test evaluation runs after it.
 """
 from __future__ import annotations
 
 import csv
+import itertools
+import json
 import math
 import os
 import time
 from pathlib import Path
 
 from cwpo_ray.config import load_config
-from cwpo_ray.results import SweepResult, SweepRow, write_result
-from cwpo_ray.sweep.config import SweepConfig
+from cwpo_ray.results import SweepResult, SweepRow, SweepSelection, write_result
+from cwpo_ray.sweep.config import UPSTREAM, SweepConfig
+
+SEED_FIELDS = ("annotator.seed", "sft.seed", "align.seed", "evaluate.sampling.seed")  # + synthetic.task.seed
 
 
-def trial_name(p: dict) -> str:
-    return f"lf{p['labeled_fraction']}-{p['loss']}-{p['weighting']}-b{p['beta']}"
+def grid(space: dict[str, list]) -> list[dict]:
+    """The product of the space's values, in the order given (first key slowest)."""
+    keys = list(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
 
 
-def method_name(p: dict) -> str:
-    prefix = {"confidence": "cw-", "none": "ws-", "top_fraction": "top-"}.get(p["weighting"], p["weighting"] + "-")
-    return f"{prefix}{p['loss']}"
+def slug(point: dict) -> str:
+    """A folder name for a point: ``align.beta=0.5,align.lr=0.0001`` (``default`` when empty)."""
+    s = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(point.items()))
+    return (s or "default").replace("/", "_").replace(" ", "")
+
+
+def seed_overrides(seed: int, synthetic: bool) -> list[str]:
+    """Every seed field of the pipeline set to ``seed`` (the task's too on the synthetic task)."""
+    return [f"{k}={seed}" for k in (("synthetic.task.seed",) if synthetic else ()) + SEED_FIELDS]
 
 
 def base_pipeline(cfg: SweepConfig):
@@ -35,42 +55,77 @@ def base_pipeline(cfg: SweepConfig):
     return build_config(PipelineConfig, deep_merge(base, cfg.pipeline))
 
 
+def trial_configs(cfg: SweepConfig, point: dict, seed: int, method: str, split: str = "validation"):
+    """(shared config, trial config) of one trial: the shared one runs the upstream stages for the point's
+    upstream keys and the seed; the trial one aligns ``method`` and evaluates it on ``split``."""
+    from cwpo_ray.config import build_config
+    from cwpo_ray.layout import RunLayout
+    from cwpo_ray.pipeline import PipelineConfig
+
+    base = base_pipeline(cfg)
+    out = Path(cfg.output_dir).resolve()
+    data = base.model_dump(mode="json", exclude_unset=True)
+    seeded = [*seed_overrides(seed, base.synthetic is not None), *(f"{k}={json.dumps(v)}" for k, v in point.items())]
+    up = {k: v for k, v in point.items() if k.split(".")[0] in UPSTREAM}
+    shared_run = RunLayout.of(out / "shared" / f"seed{seed}" / slug(up))
+    methods = cfg.methods or list(base.methods)
+    upstream = [s for s in ("prepare", "train-annotator", "annotate", "sft") if s in base.stages]
+    shared = build_config(PipelineConfig, {**data, "run_dir": str(shared_run.root), "stages": upstream,
+                                           "methods": {m: base.methods[m].model_dump() for m in methods}}, seeded)
+    tdir = out / "trials" / f"seed{seed}" / slug(point) / method
+    own = {**data, "run_dir": str(tdir), "stages": ["align", "evaluate"],
+           "methods": {method: base.methods[method].model_dump()}}
+    paths = [f"prepare.output_dir={shared_run.data}", f"annotator.output_dir={shared_run.annotator}",
+             f"annotate.output_dir={shared_run.annotated}", f"sft.output_dir={shared_run.sft}",
+             f"evaluate.prompts_path={shared_run.data / split}", f"evaluate.output_dir={tdir / f'eval_{split}'}"]
+    if base.synthetic is not None:
+        paths.append(f"synthetic.output_dir={shared_run.synthetic}")
+    return shared, build_config(PipelineConfig, own, [*seeded, *paths])
+
+
 def run_trial(params: dict, sweep: dict) -> dict:
-    """One trial: shared stages for its labeled fraction (under a lock), then its own align + evaluate."""
+    """One trial: the shared stages for its upstream point and seed (under a lock), then its own align +
+    validation evaluate."""
     from filelock import FileLock
     from ray import tune
-
-    from cwpo_ray.config import updated
-    from cwpo_ray.layout import RunLayout
-    from cwpo_ray.pipeline import MethodSpec, run_pipeline
-
-    cfg = SweepConfig.model_validate(sweep)
-    out = Path(cfg.output_dir).resolve()
-    base = base_pipeline(cfg)
-    shared_run = RunLayout.of(out / f"labeled_fraction={params['labeled_fraction']}")
-    shared = updated(base, run_dir=str(shared_run.root), stages=["prepare", "train-annotator", "annotate", "sft"],
-                     prepare=updated(base.prepare, "prepare", labeled_fraction=params["labeled_fraction"]))
-    with FileLock(shared_run.root / ".lock"):  # one trial per labeled fraction runs (or finds) the shared stages
-        run_pipeline(shared)
-    name = method_name(params)
-    tdir = out / "trials" / trial_name(params)
-    # This trial's align + evaluate in its own folder; the upstream stages' outputs live in the shared one.
-    own = updated(shared, run_dir=str(tdir), stages=["align", "evaluate"],
-                  methods={name: MethodSpec(loss=params["loss"], weighting=params["weighting"],
-                                            top_fraction=cfg.top_fraction, beta=params["beta"])},
-                  synthetic=updated(shared.synthetic, output_dir=str(shared_run.synthetic)) if shared.synthetic else None,
-                  prepare=updated(shared.prepare, output_dir=str(shared_run.data)),
-                  annotator=updated(shared.annotator, output_dir=str(shared_run.annotator)),
-                  annotate=updated(shared.annotate, output_dir=str(shared_run.annotated)),
-                  sft=updated(shared.sft, output_dir=str(shared_run.sft)))
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from cwpo_ray.pipeline import run_pipeline
+
+    cfg = SweepConfig.model_validate(sweep)
+    point, seed, method = params["point"], params["seed"], params["method"]
+    shared, own = trial_configs(cfg, point, seed, method)
+    Path(shared.run_dir).mkdir(parents=True, exist_ok=True)
+    with FileLock(Path(shared.run_dir) / ".lock"):  # one trial per (upstream point, seed) runs (or finds) them
+        run_pipeline(shared)
     res = run_pipeline(own, train_callbacks=[TuneReportCallback()])
-    m = res.evaluation.methods[name]
-    final = {"gra": m.gra, "gra_ci_low": m.gra_ci[0], "gra_ci_high": m.gra_ci[1],
-             "ties": m.tie_rate, "gold_gain": m.mean_gain, "trial_dir": str(tdir), "method": name, **params}
+    m = res.evaluation.methods[method]
+    final = {"val_gra": m.gra, "val_gra_ci_low": m.gra_ci[0], "val_gra_ci_high": m.gra_ci[1],
+             "val_gold_gain": m.mean_gain, "prompts_path": res.evaluation.prompts_path, "trial_dir": own.run_dir}
     tune.report(final)
     return final
+
+
+def select_per_method(rows: list[SweepRow]) -> dict[str, dict]:
+    """Per method, the point with the highest validation GRA averaged over its seeds (first in grid order
+    on a tie), among points that finished in every seed. Reads validation results only."""
+    by: dict[str, dict[str, list[SweepRow]]] = {}
+    for r in rows:
+        by.setdefault(r.method, {}).setdefault(json.dumps(r.point, sort_keys=True), []).append(r)
+    seeds = sorted({r.seed for r in rows})
+    out = {}
+    for method, points in by.items():
+        best = None
+        for rs in points.values():
+            if sorted(r.seed for r in rs if r.status == "ok") != seeds:
+                continue
+            mean = sum(r.val_gra for r in rs) / len(rs)
+            if best is None or mean > best["validation_gra"]:
+                best = {"point": rs[0].point, "validation_gra": mean,
+                        "validation_per_seed": [r.val_gra for r in sorted(rs, key=lambda r: r.seed)]}
+        if best is not None:
+            out[method] = best
+    return out
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
@@ -84,11 +139,20 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         # workers want whole CPUs; one extra logical CPU keeps the two from deadlocking on a small box.
         ray_cfg = cfg.ray.model_copy(update={"num_cpus": (cfg.ray.num_cpus or os.cpu_count() or 1)
                                              + math.ceil(cfg.max_concurrent_trials * cfg.trial_cpus)})
+    base = base_pipeline(cfg)  # fail fast on a bad base config, before any trial starts
+    methods = cfg.methods or list(base.methods)
+    unknown = [m for m in methods if m not in base.methods]
+    if unknown:
+        from cwpo_ray.config import ConfigError
+
+        raise ConfigError(f"config error: methods: {unknown} not in the pipeline's methods {sorted(base.methods)}")
+    points = grid(cfg.space)
+    for p in points:  # every key and value of the space must make a valid pipeline config
+        trial_configs(cfg, p, cfg.seeds[0], methods[0])
     init_ray(ray_cfg)
-    base_pipeline(cfg)  # fail fast on a bad base config, before any trial starts
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    space = {k: tune.grid_search(getattr(cfg, k)) for k in ("labeled_fraction", "loss", "weighting", "beta")}
+    space = {"point": tune.grid_search(points), "seed": tune.grid_search(cfg.seeds), "method": tune.grid_search(methods)}
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=cfg.model_dump(mode="json")),
                                     {"CPU": cfg.trial_cpus})
     scheduler = None
@@ -104,67 +168,96 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials, scheduler=scheduler),
         run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune")),
     )
-    grid_results = tuner.fit()
     rows = []
-    for r in grid_results:
+    for r in tuner.fit():
         m = r.metrics or {}  # what the trial reported to Tune (run_trial's `final`)
-        rows.append(SweepRow(**{k: r.config[k] for k in ("labeled_fraction", "loss", "weighting", "beta")},
-                             method=method_name(r.config), gra=m.get("gra"), gra_ci_low=m.get("gra_ci_low"),
-                             gra_ci_high=m.get("gra_ci_high"), gold_gain=m.get("gold_gain"),
-                             status="error" if r.error else ("stopped_early" if m.get("gra") is None else "ok")))
-    rows.sort(key=lambda r: (r.labeled_fraction, r.method, r.beta))
-    write_results(rows, out)
+        rows.append(SweepRow(point=r.config["point"], seed=r.config["seed"], method=r.config["method"],
+                             val_gra=m.get("val_gra"), val_gra_ci_low=m.get("val_gra_ci_low"),
+                             val_gra_ci_high=m.get("val_gra_ci_high"), val_gold_gain=m.get("val_gold_gain"),
+                             status="error" if r.error else ("stopped_early" if m.get("val_gra") is None else "ok")))
+    rows.sort(key=lambda r: (r.method, points.index(r.point), r.seed))
+    selected = {m: SweepSelection(**s) for m, s in select_per_method(rows).items()}
+    if cfg.final_test:
+        for method, s in selected.items():
+            selected[method] = final_test(cfg, method, s)
+    write_results(rows, selected, out)
     summary = SweepResult(trials=len(rows), ok=sum(r.status == "ok" for r in rows), seconds=round(time.time() - t, 1),
-                          results_csv=str(out / "results.csv"), results_md=str(out / "results.md"), rows=rows)
+                          results_csv=str(out / "results.csv"), results_md=str(out / "results.md"), rows=rows,
+                          selected=selected)
     write_result(out, summary)
     return summary
 
 
-def write_results(rows: list[SweepRow], out: Path) -> None:
+def final_test(cfg: SweepConfig, method: str, s: SweepSelection) -> SweepSelection:
+    """The selected point of ``method`` evaluated once on the test prompts in every seed (its align is
+    reused from the trial), with GRA over seeds x prompts."""
+    from cwpo_ray.evaluate.compare import gra_over_seeds, read_responses
+    from cwpo_ray.pipeline import run_pipeline
+
+    dirs = []
+    for seed in cfg.seeds:
+        _, own = trial_configs(cfg, s.point, seed, method, split="test")
+        res = run_pipeline(own)
+        dirs.append(res.evaluation.output_dir)
+    g = gra_over_seeds(read_responses(dirs), method)
+    return s.model_copy(update={"test_gra": g["gra"], "test_gra_ci": g["ci"], "test_per_seed": g["per_seed"]})
+
+
+def write_results(rows: list[SweepRow], selected: dict[str, SweepSelection], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["labeled_fraction", "method", "loss", "weighting", "beta", "gra", "gra_ci_low", "gra_ci_high", "gold_gain", "status"]
+    cols = ["method", "point", "seed", "val_gra", "val_gra_ci_low", "val_gra_ci_high", "val_gold_gain", "status"]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        w.writerows(r.model_dump() for r in rows)
+        w.writerows({**r.model_dump(), "point": slug(r.point)} for r in rows)
 
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(fmt(getattr(r, c)) for c in cols) + " |" for r in rows]
+    md = ["# Sweep", "", "Trials (validation split):", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(slug(r.point) if c == "point" else getattr(r, c)) for c in cols) + " |" for r in rows]
+    md += ["", "Selected per method on validation GRA (mean over seeds); the test split is read only after:", "",
+           "| method | selected | validation GRA (per seed) | test GRA [95% CI over seeds x prompts] (per seed) |",
+           "|---|---|---|---|"]
+    for m, s in selected.items():
+        test = "not run" if s.test_gra is None else (
+            f"{s.test_gra:.3f} [{s.test_gra_ci[0]:.3f}, {s.test_gra_ci[1]:.3f}] ({', '.join(f'{v:.3f}' for v in s.test_per_seed)})")
+        md.append(f"| {m} | `{slug(s.point)}` | {s.validation_gra:.3f} ({', '.join(f'{v:.3f}' for v in s.validation_per_seed)}) "
+                  f"| {test} |")
     (out / "results.md").write_text("\n".join(md) + "\n")
 
-    ok = [r for r in rows if r.gra is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, xkey, other in ((axes[0], "labeled_fraction", "beta"), (axes[1], "beta", "labeled_fraction")):
-        groups: dict = {}
-        for r in ok:
-            groups.setdefault((r.method, getattr(r, other)), []).append(r)
-        for (method, o), rs in sorted(groups.items()):
-            rs = sorted(rs, key=lambda r: getattr(r, xkey))
-            x = [getattr(r, xkey) for r in rs]
-            y = [r.gra for r in rs]
-            err = [[r.gra - r.gra_ci_low for r in rs], [r.gra_ci_high - r.gra for r in rs]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{method} ({other}={o})")
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel(xkey.replace("_", " "))
-        ax.set_ylabel("GRA vs SFT")
-        ax.set_title(f"GRA vs {xkey.replace('_', ' ')}")
-        ax.legend(fontsize=7)
+    ok = [r for r in rows if r.val_gra is not None]
+    labels = list(dict.fromkeys(slug(r.point) for r in ok))
+    methods = list(dict.fromkeys(r.method for r in ok))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) * max(1, len(methods)) / 2 + 2), 4))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        ys = []
+        for lab in labels:
+            v = [r.val_gra for r in ok if r.method == m and slug(r.point) == lab]
+            ys.append(sum(v) / len(v) if v else float("nan"))
+        ax.bar([j + i * width for j in range(len(labels))], ys, width, label=m)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(labels))], labels, rotation=20, fontsize=7)
+    ax.set_ylabel("validation GRA vs SFT (mean over seeds)")
+    ax.set_title("Sweep: validation GRA per point and method")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "gra_sweep.png", dpi=120)
     plt.close(fig)
 
 
 def format_sweep(s: SweepResult) -> str:
-    lines = [f"sweep: {s.ok}/{s.trials} trials finished in {s.seconds:.0f}s"]
+    lines = [f"sweep: {s.ok}/{s.trials} trials finished in {s.seconds:.0f}s (validation split)"]
     for r in s.rows:
-        g = "—" if r.gra is None else f"{r.gra:.3f} [{r.gra_ci_low:.3f}, {r.gra_ci_high:.3f}]"
-        lines.append(f"  lf={r.labeled_fraction:<5} {r.method:<12} beta={r.beta:<5} GRA {g}  ({r.status})")
+        g = "—" if r.val_gra is None else f"{r.val_gra:.3f} [{r.val_gra_ci_low:.3f}, {r.val_gra_ci_high:.3f}]"
+        lines.append(f"  {r.method:<12} seed {r.seed} {slug(r.point)}: validation GRA {g}  ({r.status})")
+    for m, sel in s.selected.items():
+        t = "" if sel.test_gra is None else f"; test GRA {sel.test_gra:.3f} [{sel.test_gra_ci[0]:.3f}, {sel.test_gra_ci[1]:.3f}]"
+        lines.append(f"  selected for {m}: {slug(sel.point)} (validation GRA {sel.validation_gra:.3f}{t})")
     lines.append(f"  table: {s.results_md}  plot: {Path(s.results_md).parent / 'gra_sweep.png'}")
     return "\n".join(lines)
