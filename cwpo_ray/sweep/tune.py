@@ -200,7 +200,9 @@ def final_test(cfg: SweepConfig, method: str, s: SweepSelection) -> SweepSelecti
         res = run_pipeline(own)
         dirs.append(res.evaluation.output_dir)
     g = gra_over_seeds(read_responses(dirs), method)
-    return s.model_copy(update={"test_gra": g["gra"], "test_gra_ci": g["ci"], "test_per_seed": g["per_seed"]})
+    # validated (model_copy(update=...) would keep the list where the model holds a tuple)
+    return SweepSelection.model_validate({**s.model_dump(), "test_gra": g["gra"], "test_gra_ci": g["ci"],
+                                          "test_per_seed": g["per_seed"]})
 
 
 def write_results(rows: list[SweepRow], selected: dict[str, SweepSelection], out: Path) -> None:
