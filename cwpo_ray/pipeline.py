@@ -254,7 +254,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         stage("annotate", AnnotateResult, annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
               Path(annot.output_dir), lambda: run_annotate(annot), format_annotate, [weak_labels])
     labels: LabelReport | None = None
-    if cfg.synthetic is not None and weak_labels.exists():
+    if cfg.synthetic is not None and "annotate" in cfg.stages and weak_labels.exists():
         from cwpo_ray.synthetic.diagnostics import format_label_report, label_report
 
         labels = label_report(str(data), str(weak_labels))  # gold is known here only

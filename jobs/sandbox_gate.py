@@ -27,8 +27,9 @@ MIN_GRA, MIN_LO, MAX_LIMIT_RISE = 0.65, 0.55, 0.15
 
 
 def seed_overrides(seed: int, run_dir: Path) -> list[str]:
-    return [f"run_dir={run_dir / f'seed{seed}'}", f"synthetic.task.seed={seed}", f"annotator.seed={seed}",
-            f"sft.seed={seed}", f"align.seed={seed}", f"evaluate.sampling.seed={seed}"]
+    from cwpo_ray.sweep.tune import seed_overrides as seed_fields  # the one list of the pipeline's seed fields
+
+    return [f"run_dir={run_dir / f'seed{seed}'}", *seed_fields(seed, synthetic=True)]
 
 
 def check(metrics, gate_method: str) -> dict:

@@ -31,6 +31,8 @@ def test_bad_sweep_config_fails_fast(tmp_path):
         base_pipeline(build_config(SweepConfig, {"pipeline": {"align": {"nope": 1}}}))
     with pytest.raises(ConfigError, match="methods"):  # before Ray or any trial starts
         run_sweep(build_config(SweepConfig, {"methods": ["kto"], "output_dir": str(tmp_path)}))
+    with pytest.raises(ConfigError, match=r"^config error: pipeline\.evaluate\.prompts_path: set by the sweep"):
+        run_sweep(build_config(SweepConfig, {"pipeline": {"evaluate": {"prompts_path": "x"}}, "output_dir": str(tmp_path)}))
     with pytest.raises(ConfigError, match="align.beta"):  # a value of the space is validated like user input
         run_sweep(build_config(SweepConfig, {"space": {"align.beta": [0.5, -1]}, "output_dir": str(tmp_path)}))
 

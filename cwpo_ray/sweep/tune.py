@@ -27,6 +27,20 @@ from cwpo_ray.sweep.config import UPSTREAM, SweepConfig
 SEED_FIELDS = ("annotator.seed", "sft.seed", "align.seed", "evaluate.sampling.seed")  # + synthetic.task.seed
 
 
+# Pipeline fields each trial sets itself (run folders, the split it is scored on).
+OWNED = ("run_dir", "synthetic.output_dir", "prepare.output_dir", "annotator.output_dir", "annotate.output_dir",
+         "sft.output_dir", "evaluate.prompts_path", "evaluate.output_dir")
+
+
+def _is_set(data: dict, dotted: str) -> bool:
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def grid(space: dict[str, list]) -> list[dict]:
     """The product of the space's values, in the order given (first key slowest)."""
     keys = list(space)
@@ -140,6 +154,12 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         ray_cfg = cfg.ray.model_copy(update={"num_cpus": (cfg.ray.num_cpus or os.cpu_count() or 1)
                                              + math.ceil(cfg.max_concurrent_trials * cfg.trial_cpus)})
     base = base_pipeline(cfg)  # fail fast on a bad base config, before any trial starts
+    owned = [f for f in OWNED if _is_set(cfg.pipeline, f)]
+    if owned:
+        from cwpo_ray.config import ConfigError
+
+        raise ConfigError(f"config error: pipeline.{owned[0]}: set by the sweep per trial (its run folders and "
+                          "the validation / test split), not here")
     methods = cfg.methods or list(base.methods)
     unknown = [m for m in methods if m not in base.methods]
     if unknown:
