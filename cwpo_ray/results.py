@@ -131,7 +131,7 @@ class PrepareResult(StageResult):
     rows_in: int  # = kept + quarantined
     kept: int
     quarantined: int  # rows
-    splits: dict[str, int]  # labeled / unlabeled / validation / test
+    splits: dict[str, int]  # labeled / unlabeled / validation / test / unused (0 unless unlabeled_fraction)
     quarantine_reasons: dict[str, int]  # every record under quarantine/: rows, and whole files
     duplicate_pairs: int  # rows repeating an earlier pair_id (dropped unless duplicates=keep)
     duplicates: str  # drop | keep
@@ -328,6 +328,7 @@ class ModelGeneration(GenerationStats):
     length_limit_share: float  # share of responses stopped by max_new_tokens
     model: str
     base_seed: int  # sampling seed of this model's requests (differs per model with seeding=independent)
+    cached_from: str | None = None  # the responses were read from this cache file (evaluate.cache_responses)
 
 
 class ReportFiles(StageResult):

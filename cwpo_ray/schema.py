@@ -47,7 +47,9 @@ PREFERENCE_SCHEMA = pa.schema(
     ]
 )
 
-SPLITS = ("labeled", "unlabeled", "validation", "test")
+# ``unused``: training prompts in neither D_labeled nor D_unlabeled (only with prepare.unlabeled_fraction,
+# which fixes D_unlabeled while the labeled fraction varies, as in the paper's Figure 3).
+SPLITS = ("labeled", "unlabeled", "validation", "test", "unused")
 RAW_TRUNCATE = 2000
 
 
@@ -68,19 +70,29 @@ def _unit(seed: int, salt: str, text: str) -> float:
 
 
 def assign_split(prompt: str, test_fraction: float, labeled_fraction: float, seed: int = 0,
-                 validation_fraction: float = 0.0) -> str:
+                 validation_fraction: float = 0.0, unlabeled_fraction: float | None = None) -> str:
     """Deterministic split by a hash of the *prompt* (so no test or validation prompt leaks into training).
 
     ``test_fraction`` of prompts go to test and ``validation_fraction`` (of all prompts) to validation,
     where hyperparameters are selected; of the rest, ``labeled_fraction`` keep their human labels for
     the annotator and the remainder form the unlabeled pool. Independent of row order; the test split
     does not depend on ``validation_fraction``.
+
+    With ``unlabeled_fraction`` the unlabeled pool is fixed instead: the training prompts whose draw ``u``
+    is at least ``1 - unlabeled_fraction`` — the same prompts whatever ``labeled_fraction`` is — while
+    ``u < labeled_fraction`` are labeled and any between are ``unused`` (``labeled_fraction +
+    unlabeled_fraction <= 1``). Growing ``labeled_fraction`` then only adds labeled prompts.
     """
     if _unit(seed, "test", prompt) < test_fraction:
         return "test"
     if validation_fraction > 0 and _unit(seed, "validation", prompt) < validation_fraction / (1.0 - test_fraction):
         return "validation"
-    return "labeled" if _unit(seed, "labeled", prompt) < labeled_fraction else "unlabeled"
+    u = _unit(seed, "labeled", prompt)
+    if u < labeled_fraction:
+        return "labeled"
+    if unlabeled_fraction is None or u >= 1.0 - unlabeled_fraction:
+        return "unlabeled"
+    return "unused"
 
 
 def _bad_text(value: object, name: str) -> str | None:

@@ -267,3 +267,18 @@ def test_evaluate_stage_gra_report_and_plots(ray_session, prepared_data, synthet
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert all(g.backends == {"vllm": 60 * k} for g in m.generation.values())
     assert "at length limit" in report
+
+    # Same models, prompts and sampling again: every model's responses come from the response cache
+    # (next to its folder), the same rows and numbers; a new sampling seed is a cache miss.
+    m2 = run_evaluate(cfg.model_copy(update={"output_dir": str(tmp_path / "eval2")}))
+    assert all(g.cached_from and g.cached_from.endswith(".parquet") for g in m2.generation.values())
+    assert pq.read_table(str(tmp_path / "eval2" / "responses.parquet")).equals(pq.read_table(out + "/responses.parquet"))
+    assert m2.methods == m.methods
+    from cwpo_ray.evaluate.stage import response_cache_path
+    from cwpo_ray.generate.config import SamplingConfig
+
+    pids = [r["prompt_id"] for r in resp if r["method"] == "sft" and r["sample"] == 0]
+    a = response_cache_path(tuned_lm, pids, k, SamplingConfig(seed=0), cfg.engine)
+    assert a != response_cache_path(tuned_lm, pids, k, SamplingConfig(seed=1), cfg.engine)
+    assert a != response_cache_path(tuned_lm, pids[:-1], k, SamplingConfig(seed=0), cfg.engine)
+    assert response_cache_path("org/hub-model", pids, k, SamplingConfig(seed=0), cfg.engine) is None

@@ -98,6 +98,26 @@ def test_assign_split_fractions_and_stable_test_split():
     assert [a == "test" for a in with_val] == [b == "test" for b in without]  # test split unchanged
 
 
+def test_unlabeled_fraction_fixes_the_unlabeled_pool():
+    """The paper's labeled-fraction curve: D_unlabeled is the same prompts at every labeled fraction, D_labeled
+    only grows, and the training prompts in neither are `unused`; test and validation do not move."""
+    from cwpo_ray.prepare.config import PrepareConfig
+    from cwpo_ray.schema import assign_split
+
+    prompts = [f"prompt {i}" for i in range(20000)]
+    runs = {f: [assign_split(p, 0.1, f, 0, validation_fraction=0.1, unlabeled_fraction=0.5) for p in prompts]
+            for f in (0.1, 0.3, 0.5)}
+    pools = {f: {p for p, s in zip(prompts, r) if s == "unlabeled"} for f, r in runs.items()}
+    labeled = {f: {p for p, s in zip(prompts, r) if s == "labeled"} for f, r in runs.items()}
+    assert pools[0.1] == pools[0.3] == pools[0.5] and abs(len(pools[0.1]) / 20000 - 0.5 * 0.8) < 0.015
+    assert labeled[0.1] < labeled[0.3] < labeled[0.5] and abs(len(labeled[0.3]) / 20000 - 0.3 * 0.8) < 0.015
+    assert "unused" not in runs[0.5] and abs(runs[0.1].count("unused") / 20000 - 0.4 * 0.8) < 0.015
+    default = [assign_split(p, 0.1, 0.3, 0, validation_fraction=0.1) for p in prompts]
+    assert [s in ("test", "validation") for s in default] == [s in ("test", "validation") for s in runs[0.3]]
+    with pytest.raises(ValueError, match="unlabeled_fraction"):
+        PrepareConfig(labeled_fraction=0.6, unlabeled_fraction=0.5)
+
+
 def test_normalizer_rows_and_quarantine_rows(monkeypatch):
     """The pure core: every input item comes out once, a usable pair with its split, any other as a
     quarantine row (source, reason, detail, raw) with the pair columns null."""

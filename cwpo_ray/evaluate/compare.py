@@ -67,14 +67,27 @@ def gra_over_seeds(responses: list[pa.Table], method: str, baseline: str = "sft"
 def paired_difference(responses: list[pa.Table], a: str, b: str, baseline: str = "sft", tie_tolerance: float = 0.0,
                       num_bootstrap: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
     """GRA(a) − GRA(b) against the same baseline samples, paired per prompt within each seed."""
+    d = difference_of_shares([win_shares(t, a, baseline, tie_tolerance) for t in responses],
+                             [win_shares(t, b, baseline, tie_tolerance) for t in responses], (a, b), num_bootstrap, ci, seed)
+    return {**d, "baseline": baseline}
+
+
+def difference_of_shares(a: list[dict[str, float]], b: list[dict[str, float]], names: tuple[str, str] = ("a", "b"),
+                         num_bootstrap: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
+    """GRA(a) − GRA(b) from per-seed ``prompt_id -> win share`` maps (:func:`win_shares`), paired per prompt.
+
+    Each method's shares may come from its own evaluate run and against its own reference (the paper's
+    initialisation: each method is compared with its own SFT model); the pairing is over the prompts,
+    which every run of a seed shares."""
+    if len(a) != len(b):
+        raise ValueError(f"{names[0]!r} and {names[1]!r} have {len(a)} and {len(b)} seeds")
     per = []
-    for t in responses:
-        wa, wb = win_shares(t, a, baseline, tie_tolerance), win_shares(t, b, baseline, tie_tolerance)
+    for wa, wb in zip(a, b):
         if wa.keys() != wb.keys():
-            raise ValueError(f"{a!r} and {b!r} were evaluated on different prompts")
+            raise ValueError(f"{names[0]!r} and {names[1]!r} were evaluated on different prompts")
         per.append(np.array([wa[p] - wb[p] for p in sorted(wa)]))
     mean, bounds = two_level_bootstrap(per, num_bootstrap, ci, seed)
-    return {"a": a, "b": b, "baseline": baseline, "difference": mean, "ci": bounds, "level": ci,
+    return {"a": names[0], "b": names[1], "difference": mean, "ci": bounds, "level": ci,
             "per_seed": [float(v.mean()) for v in per], "prompts": [int(v.size) for v in per]}
 
 

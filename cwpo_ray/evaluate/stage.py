@@ -134,6 +134,52 @@ def method_metrics(scores: dict[str, np.ndarray], cfg: EvaluateConfig) -> tuple[
             {name: one(name, "sft") for name, ref in refs.items() if ref != "sft"})
 
 
+RESPONSE_COLUMNS = ["prompt_id", "candidate_idx", "response", "seed", "num_tokens", "finish_reason"]
+
+
+def response_cache_path(path: str, prompt_ids: list[str], k: int, sampling, engine) -> str | None:
+    """Where a local model folder's responses for these requests are cached: ``{folder}/../responses_cache/
+    {key}.parquet``, the key hashing the model's files (name, size, mtime), the prompts, k, the sampling
+    (its seed included) and the engine settings. None for hub ids and remote folders (not cached)."""
+    import hashlib
+    import json
+
+    if "://" in path or not os.path.isdir(path):
+        return None
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in os.scandir(path) if f.is_file())
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"files": files, "k": k, "sampling": sampling.model_dump(mode="json"),
+                         "engine": engine.model_dump(mode="json"), "prompts": prompt_ids}).encode())
+    return os.path.join(os.path.dirname(os.path.abspath(path)), "responses_cache", f"{h.hexdigest()}.parquet")
+
+
+def _cache_read(cache: str | None) -> tuple[pa.Table, dict] | None:
+    import json
+
+    if cache is None or not os.path.exists(cache):
+        return None
+    try:
+        t = pq.read_table(cache)
+        info = json.loads((t.schema.metadata or {}).get(b"cwpo_generation", b"{}"))
+        return t.select(RESPONSE_COLUMNS), info
+    except Exception as e:  # a torn cache file is regenerated, never fatal
+        log.warning("evaluate: response cache %s unreadable (%s); regenerating", cache, e)
+        return None
+
+
+def _cache_write(cache: str | None, tbl: pa.Table, gen: dict) -> None:
+    import json
+
+    if cache is None:
+        return
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    t = tbl.select(RESPONSE_COLUMNS)
+    t = t.replace_schema_metadata({b"cwpo_generation": json.dumps(gen).encode()})
+    tmp = f"{cache}.{os.getpid()}.tmp"
+    pq.write_table(t, tmp)
+    os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the whole new one
+
+
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
     require(cfg, "prompts_path", "sft_model", "output_dir")
@@ -152,19 +198,27 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         sampling = cfg.sampling
         if cfg.seeding == "independent":
             sampling = sampling.model_copy(update={"seed": model_seed(cfg.sampling.seed, name)})
-        cands, info = generate_table(prompts, path, k, sampling, cfg.engine)
-        tbl = collect(cands)
-        del cands
-        g = generation_stats(tbl, info["seconds"])
-        fallback = g["fallback_reasons"]
-        if info.get("fallback_reason"):
-            fallback = sorted(set(fallback) | {info["fallback_reason"]})
-        generation[name] = ModelGeneration(
-            **{**g, "fallback_reasons": fallback}, device=info["device"], executor=info["executor"],
-            length_limit_share=round(g["finish_reasons"].get("length", 0) / max(tbl.num_rows, 1), 4),
-            model=path, base_seed=sampling.seed)
-        cols = ["prompt_id", "candidate_idx", "response", "seed", "num_tokens", "finish_reason"]
-        by_key = {(r["prompt_id"], r["candidate_idx"]): r for r in tbl.select(cols).to_pylist()}
+        cache = response_cache_path(path, pids, k, sampling, cfg.engine) if cfg.cache_responses else None
+        hit = _cache_read(cache)
+        if hit is not None:
+            tbl, gen = hit
+            generation[name] = ModelGeneration.model_validate({**gen, "cached_from": cache})
+        else:
+            cands, info = generate_table(prompts, path, k, sampling, cfg.engine)
+            tbl = collect(cands)
+            del cands
+            g = generation_stats(tbl, info["seconds"])
+            fallback = g["fallback_reasons"]
+            if info.get("fallback_reason"):
+                fallback = sorted(set(fallback) | {info["fallback_reason"]})
+            generation[name] = ModelGeneration(
+                **{**g, "fallback_reasons": fallback}, device=info["device"], executor=info["executor"],
+                length_limit_share=round(g["finish_reasons"].get("length", 0) / max(tbl.num_rows, 1), 4),
+                model=path, base_seed=sampling.seed)
+            if not fallback:  # only engine output is cached (a fallback run is retried next time)
+                _cache_write(cache, tbl, generation[name].model_dump(mode="json"))
+        g = generation[name].model_dump()
+        by_key = {(r["prompt_id"], r["candidate_idx"]): r for r in tbl.select(RESPONSE_COLUMNS).to_pylist()}
         missing = [(p, j) for p in pids for j in range(k) if (p, j) not in by_key]
         if missing:
             raise RuntimeError(f"evaluate: {name} returned no response for {len(missing)} (prompt, sample) requests")
@@ -178,8 +232,9 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             "finish_reason": [r["finish_reason"] for r in rows],
         }))
         log.info("evaluate: %s generated in %.1fs", name, time.time() - t0)
-        print(f"evaluate: {name}: {g['responses']} responses, {g['generated_tokens']} tokens "
-              f"({g['tokens_per_s']} tok/s, backend {', '.join(g['backends'])}) in {time.time() - t0:.1f}s", flush=True)
+        how = f"read from the response cache {cache}" if hit is not None else \
+            f"({g['tokens_per_s']} tok/s, backend {', '.join(g['backends'])}) in {time.time() - t0:.1f}s"
+        print(f"evaluate: {name}: {g['responses']} responses, {g['generated_tokens']} tokens {how}", flush=True)
     responses = pa.concat_tables(tables)
     t0 = time.time()
     gold = score_gold(responses, cfg.gold)

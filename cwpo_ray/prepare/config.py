@@ -42,6 +42,10 @@ class PrepareConfig(StrictModel):
     # Share of all prompts held out for hyperparameter selection (`cwpo sweep` scores trials here, never on test).
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     labeled_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    # None: D_unlabeled is every training prompt not labeled (1 - labeled_fraction of them). A value fixes
+    # D_unlabeled to that share of the training prompts, the same prompts for every labeled_fraction (the
+    # paper's labeled-fraction curve); training prompts in neither go to the `unused` split.
+    unlabeled_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
     split_seed: int = 0
     # Token-length filter on prompt + response (paper: 512 HH-RLHF, 1024 TL;DR, 2048 UltraFeedback); the same
     # name as the training configs' max_length. Needs a tokenizer (hub id or local folder).
@@ -59,4 +63,7 @@ class PrepareConfig(StrictModel):
     def _fractions(self):
         if self.test_fraction + self.validation_fraction >= 1.0:
             raise ValueError("test_fraction + validation_fraction must be < 1 (nothing would be left to train on)")
+        if self.unlabeled_fraction is not None and self.labeled_fraction + self.unlabeled_fraction > 1.0 + 1e-9:
+            raise ValueError(f"unlabeled_fraction: labeled_fraction ({self.labeled_fraction}) + unlabeled_fraction "
+                             f"({self.unlabeled_fraction}) must be <= 1 (shares of the same training prompts)")
         return self

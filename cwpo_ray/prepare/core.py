@@ -62,11 +62,11 @@ class Normalizer:
 
     def __init__(self, fmt: str, source: str, columns: dict[str, str], test_fraction: float,
                  labeled_fraction: float, split_seed: int, tokenizer: str | None, max_length: int | None,
-                 validation_fraction: float = 0.0):
+                 validation_fraction: float = 0.0, unlabeled_fraction: float | None = None):
         self.adapt: Callable = get_adapter(fmt, columns)
         self.source = source
         self.test_fraction, self.labeled_fraction, self.split_seed = test_fraction, labeled_fraction, split_seed
-        self.validation_fraction = validation_fraction
+        self.validation_fraction, self.unlabeled_fraction = validation_fraction, unlabeled_fraction
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, items: Iterable[tuple[dict | None, str | None, str, str]]) -> pa.Table:
@@ -98,7 +98,7 @@ class Normalizer:
             rows.append({"pair_id": pid, "prompt": prompt, "response_a": a, "response_b": b, "human_label": label,
                          "source": self.source,
                          "split": assign_split(prompt, self.test_fraction, self.labeled_fraction, self.split_seed,
-                                               self.validation_fraction)})
+                                               self.validation_fraction, self.unlabeled_fraction)})
 
         if self.tokenizer and self.max_length and kept:
             la = token_lengths(self.tokenizer, [rows[i]["prompt"] + rows[i]["response_a"] for i in kept])

@@ -131,7 +131,7 @@ def read_source(src: SourceConfig, cfg: PrepareConfig, check: InputCheck | None 
     import ray
 
     norm = Normalizer(src.format, src.label, src.columns, cfg.test_fraction, cfg.labeled_fraction,
-                      cfg.split_seed, cfg.tokenizer, cfg.max_length, cfg.validation_fraction)
+                      cfg.split_seed, cfg.tokenizer, cfg.max_length, cfg.validation_fraction, cfg.unlabeled_fraction)
     if src.hf_dataset:
         import datasets
 
@@ -241,7 +241,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareResult:
         rows_in=kept + c.get("quarantine", 0),
         kept=kept,
         quarantined=c.get("quarantine", 0),
-        splits={s: c.get(s, 0) for s in SPLITS},
+        splits={s: c.get(s, 0) for s in SPLITS if s != "unused" or c.get(s)},
         quarantine_reasons={k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("reason:") and v},
         duplicate_pairs=n_dup,
         duplicates=cfg.duplicates,
@@ -258,7 +258,8 @@ def format_summary(s: PrepareResult) -> str:
     sp = s.splits
     lines = [
         f"prepare: {s.rows_in} rows in = {s.kept} kept + {s.quarantined} quarantined",
-        f"  splits: labeled {sp['labeled']}, unlabeled {sp['unlabeled']}, validation {sp['validation']}, test {sp['test']}",
+        f"  splits: labeled {sp['labeled']}, unlabeled {sp['unlabeled']}, validation {sp['validation']}, test {sp['test']}"
+        + (f", unused {sp['unused']} (unlabeled_fraction fixes D_unlabeled)" if sp.get("unused") else ""),
     ]
     lines += quarantine_lines(s.quarantine_reasons, s.files_quarantined, s.output_dir)
     if s.duplicate_pairs:
