@@ -176,3 +176,33 @@ def test_annotate_killed_actor_exact_pair_ids_and_resume(trained_annotator, anno
 
     with pytest.raises(ConfigError, match="overwrite"):
         run_annotate(cfg.model_copy(update={"block_rows": 50}))
+
+
+@pytest.mark.timeout(400)
+def test_annotate_vllm_backend_through_run_annotate_matches_hf(trained_annotator, annotate_input, tmp_path):
+    """`annotate backend=vllm` on the sandbox's own (vLLM-compatible) annotator, through the Ray Data stage:
+    the same pairs, the same chosen/rejected and confidences within float tolerance of backend=hf."""
+    from cwpo_ray.annotator.annotate import run_annotate
+    from cwpo_ray.annotator.config import AnnotateConfig
+
+    good = annotate_input["good"].slice(0, 300)
+    d = tmp_path / "in"
+    d.mkdir()
+    pq.write_table(good, d / "part-0.parquet")
+    runs = {}
+    for backend in ("hf", "vllm"):
+        cfg = build_config(AnnotateConfig, {
+            "model": trained_annotator.model_dir, "input": str(d), "output_dir": str(tmp_path / backend),
+            "max_length": 128, "block_rows": 150, "min_actors": 1, "max_actors": 1, "backend": backend,
+            "dtype": "float32"})
+        s = run_annotate(cfg)
+        assert s.backend == backend and s.pairs == good.num_rows and s.quarantined == 0
+        t = _read(str(tmp_path / backend / "preferences" / "*.parquet")).sort_by("pair_id")
+        runs[backend] = t
+    hf, vl = runs["hf"], runs["vllm"]
+    assert hf.column("pair_id").to_pylist() == vl.column("pair_id").to_pylist()
+    dh = hf.column("score_chosen").to_numpy() - hf.column("score_rejected").to_numpy()
+    same = np.array(hf.column("chosen").to_pylist()) == np.array(vl.column("chosen").to_pylist())
+    assert np.all(same | (np.abs(dh) < 2e-3)), "a label differs where the HF scores are not tied"
+    assert same.mean() > 0.98
+    np.testing.assert_allclose(vl.column("confidence").to_numpy()[same], hf.column("confidence").to_numpy()[same], atol=2e-3)
