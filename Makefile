@@ -15,4 +15,4 @@ demo: install
 # The suite took 40 min on a fresh 2-core clone (2026-11-24); the cap stays well inside CI's 90 minutes.
 test: install
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 timeout 4200 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 timeout 4200 $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests

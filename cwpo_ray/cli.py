@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+from cwpo_ray import console
 from cwpo_ray.config import ConfigError, load_config
 
 # stage -> (config class "module:Class", run function "module:function", printer "module:function"|None, help).
@@ -54,6 +56,15 @@ def _load(spec: str):
     return getattr(importlib.import_module(mod), name)
 
 
+def log_dir(cfg) -> str | None:
+    """``{run_dir}/logs`` (pipeline, demo), ``{output_dir}/logs`` (a stage, a sweep); None on object
+    storage (the console then logs to ``./cwpo-logs``)."""
+    root = getattr(cfg, "run_dir", None) or getattr(cfg, "output_dir", None)
+    if not root or "://" in root:
+        return None
+    return os.path.join(root, "logs")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cwpo", description="Confidence-Weighted Preference Optimization on Ray")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
@@ -62,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
                        help="YAML config file; repeat to overlay several (later files deep-merge over earlier ones)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields, e.g. prepare.labeled_fraction=0.3")
-        p.add_argument("-v", "--verbose", action="store_true")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="show Ray, vLLM, DeepSpeed and transformers logs and the workers' output on the console "
+                            "(default: one line per stage; those logs go to {run_dir}/logs/)")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg_cls, run_spec, printer, _ = STAGES[args.stage]
     try:
         base = [str(_load(BASE_CONFIGS[args.stage]))] if args.stage in BASE_CONFIGS else []
@@ -75,10 +87,19 @@ def main(argv: list[str] | None = None) -> int:
 
             print(dump_config(cfg), end="")
             return 0
+        console.setup(log_dir(cfg), verbose=args.verbose)
         result = _load(run_spec)(cfg)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except Exception as e:
+        if not console.quiet():
+            raise
+        # the traceback (and the libraries' logs before it) go to the log file; the console gets the gist
+        logging.getLogger("cwpo.cli").error("%s failed", args.stage, exc_info=True)  # file only
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"{args.stage} failed: {type(e).__name__}: {first}\n  {console.where_logs()}", file=sys.stderr)
+        return 1
     if printer:
         print(_load(printer)(result))
     return 0

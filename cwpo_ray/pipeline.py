@@ -19,6 +19,7 @@ from typing import ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
+from cwpo_ray import console
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
 from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, Weighting, dump_config, updated
 from cwpo_ray.evaluate.config import EvaluateConfig
@@ -183,12 +184,15 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     ray_only = {"ray": cfg.ray}
 
     def stage(name: str, cls: type[R], stage_cfg, inputs: dict[str, str], output: Path, fn: Callable[[], R],
-              fmt: Callable[[R], str] | None = None, artifacts=None) -> R:
+              fmt: Callable[[R], str] | None = None, artifacts=None, full_summary: bool = False) -> R:
         """Run ``fn`` (a stage returning a ``cls``) unless the manifest has it done. The manifest keeps the
         result's JSON dump; a skipped stage returns it as a ``cls`` again, and one whose recorded summary
-        is no ``cls`` runs again."""
+        is no ``cls`` runs again. A quiet console shows the first line of ``fmt(result)`` (all of it with
+        ``full_summary``); the log file has every line."""
         t = time.time()
-        print(f"\n=== {name} ===", flush=True)
+        console.route_library_logs()  # libraries imported by the previous stage
+        if not console.quiet():
+            print(f"\n=== {name} ===", flush=True)
         config = stage_cfg.model_dump(mode="json")
         made: list[R] = []
 
@@ -199,17 +203,27 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         fp, summary, skipped = m.run(name, config, inputs, output, run_fn, artifacts)
         result = made[-1] if made else _recorded(cls, summary)
         if result is None:
-            print(f"{name}: its recorded summary is not a {cls.__name__} (an older version wrote it): running it again")
+            console.info(f"{name}: its recorded summary is not a {cls.__name__} (an older version wrote it): running it again")
             m.forget(name)
             fp, _, skipped = m.run(name, config, inputs, output, run_fn, artifacts)
             result = made[-1]
         fps[name] = fp
         stages[name] = StageRun(skipped=skipped, seconds=round(time.time() - t, 1), output=str(output))
+        took = f"[{name}: {time.time() - t:.1f}s, pipeline {time.time() - t_start:.0f}s]"
         if skipped:
-            print(f"{name}: up to date, skipped ({output})")
+            print(f"{name}: up to date, skipped ({output})", flush=True)
         elif fmt:
-            print(fmt(result))
-        print(f"[{name}: {time.time() - t:.1f}s, pipeline {time.time() - t_start:.0f}s]", flush=True)
+            text = fmt(result)
+            log.info("%s\n%s", text, took)
+            if not console.quiet():
+                print(text)
+            elif full_summary:  # the results themselves
+                print(text, flush=True)
+            else:  # one line: the summary's first (+ any warning), with the stage's time
+                first, *rest = console.stage_line(text).splitlines()
+                print("\n".join([f"{first}  ({time.time() - t:.0f}s)", *rest]), flush=True)
+        if not console.quiet():
+            print(took, flush=True)
         return result
 
     # 1. synthesize (embedded task) -------------------------------------------------------------
@@ -333,7 +347,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models},
                   **{st: fps.get(st, "") for _, st in init.values() if st != "sft"}}
         evaluation = stage("evaluate", EvaluateResult, ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev),
-                           format_evaluate, [Path(ev.output_dir) / "metrics.json"])
+                           format_evaluate, [Path(ev.output_dir) / "metrics.json"], full_summary=True)
         report = str(Path(ev.output_dir) / "report.md")
         gate = sanity_gate(cfg.methods, evaluation)
     return PipelineResult(run_dir=str(run.root), stages=stages, labels=labels, evaluation=evaluation, report=report,

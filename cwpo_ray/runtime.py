@@ -28,6 +28,8 @@ def init_ray(cfg: RayConfig | None = None):
     """Connect to (or start) Ray once per process and return the ``ray`` module."""
     import ray
 
+    from cwpo_ray import console
+
     cfg = cfg or RayConfig()
     if ray.is_initialized():
         return ray
@@ -38,7 +40,7 @@ def init_ray(cfg: RayConfig | None = None):
         # On a cluster (or inside `ray job submit`) the job's own runtime_env governs: passing env vars
         # here would conflict with the ones the job already sets.
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=console.forward_worker_logs(), configure_logging=not console.quiet())
     else:
         num_cpus = cfg.num_cpus or os.cpu_count() or 1
         log.info("starting a local Ray (%d CPUs)", num_cpus)
@@ -51,10 +53,13 @@ def init_ray(cfg: RayConfig | None = None):
             _temp_dir=os.environ.get("CWPO_RAY_TMP", os.path.join(tempfile.gettempdir(), "ray-cwpo")),
             runtime_env={"env_vars": {k: os.environ[k] for k in ("TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
                                       if k in os.environ}},
-            log_to_driver=True,
+            # quiet console: workers' output stays in Ray's logs, the driver's Ray logs go to its log file
+            log_to_driver=console.forward_worker_logs(), configure_logging=not console.quiet(),
         )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"
+    console.route_library_logs()
+    console.link_ray_logs()
     return ray
 
 

@@ -94,6 +94,10 @@ def test_same_config_and_seed_give_identical_numbers(tmp_path):
     out = subprocess.run(cmd, env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}, capture_output=True,
                          text=True, timeout=800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # the quiet console: one line per stage, the results and the stage table; libraries' logs in files
+    lines = out.stdout.splitlines()
+    assert len(lines) <= 40 and not any("RayTrainWorker" in ln or " INFO " in ln for ln in lines), out.stdout
+    assert (run / "logs" / "driver.log").stat().st_size > 0 and (run / "logs" / "ray").is_symlink()
     a, b = _labels(first), _labels(run)
     assert len(a["pair_id"]) > 100 and a == b  # weak labels and confidences (= cw-dpo's weights), bit for bit
     ma, mb = (json.loads((r / "eval" / "metrics.json").read_text()) for r in (first, run))

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cwpo_ray import io
+from cwpo_ray import console, io
 from cwpo_ray.annotator.config import AnnotateConfig, local_abspath
 from cwpo_ray.annotator.losses import confidence, orient
 from cwpo_ray.config import ConfigError, require
@@ -268,8 +268,8 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> Annotate
     blocks = plan_blocks(check.files, cfg.block_rows)
     todo = [b for b in blocks if not io.exists(block_output(cfg.output_dir, b["key"]))]
     skipped = len(blocks) - len(todo)
-    print(f"[annotate] {len(blocks)} blocks in {input_path}: {skipped} already done, {len(todo)} to score "
-          f"(backend={cfg.backend}, actors {cfg.min_actors}..{cfg.max_actors})", flush=True)
+    console.info(f"[annotate] {len(blocks)} blocks in {input_path}: {skipped} already done, {len(todo)} to score "
+                 f"(backend={cfg.backend}, actors {cfg.min_actors}..{cfg.max_actors})")
 
     init_ray(cfg.ray)
     t0 = time.time()
@@ -282,13 +282,15 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> Annotate
                                                                max_size=min(cfg.max_actors, len(todo))),
                             num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
         total_rows = sum(b["stop"] - b["start"] for b in todo)
-        for i, r in enumerate(iter(ds.iter_rows()), 1):
-            done_rows += int(r["rows"])
-            done_pairs += int(r["pairs"])
-            el = time.time() - t0
-            print(f"[annotate] block {i}/{len(todo)} {r['key']}: {r['pairs']} pairs, {r['quarantined']} quarantined "
-                  f"| {done_rows}/{total_rows} rows ({100 * done_rows / max(1, total_rows):.0f}%), "
-                  f"{done_pairs / max(el, 1e-9):.0f} pairs/s", flush=True)
+        with console.bar(total=total_rows, desc="annotate", unit="pair") as pbar:
+            for i, r in enumerate(iter(ds.iter_rows()), 1):
+                done_rows += int(r["rows"])
+                done_pairs += int(r["pairs"])
+                el = time.time() - t0
+                pbar.update(int(r["rows"]))
+                console.info(f"[annotate] block {i}/{len(todo)} {r['key']}: {r['pairs']} pairs, {r['quarantined']} "
+                             f"quarantined | {done_rows}/{total_rows} rows ({100 * done_rows / max(1, total_rows):.0f}%), "
+                             f"{done_pairs / max(el, 1e-9):.0f} pairs/s")
     seconds = time.time() - t0
 
     out = summarize_output(cfg.output_dir, cfg.hist_bins)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cwpo_ray import io
+from cwpo_ray import console, io
 from cwpo_ray.config import ConfigError, require
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.evaluate.gold import GoldConfig, build_gold_reward
@@ -192,6 +192,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     k = cfg.num_samples
     models = {"sft": cfg.sft_model, **cfg.baselines, **cfg.models}
     tables, generation = [], {}
+    pbar = console.bar(total=len(models), desc="evaluate", unit="model")
     for name, path in models.items():
         # One Ray Data pipeline per model: its engine actors exit when it finishes, before the next starts.
         t0 = time.time()
@@ -234,7 +235,9 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         log.info("evaluate: %s generated in %.1fs", name, time.time() - t0)
         how = f"read from the response cache {cache}" if hit is not None else \
             f"({g['tokens_per_s']} tok/s, backend {', '.join(g['backends'])}) in {time.time() - t0:.1f}s"
-        print(f"evaluate: {name}: {g['responses']} responses, {g['generated_tokens']} tokens {how}", flush=True)
+        console.info(f"evaluate: {name}: {g['responses']} responses, {g['generated_tokens']} tokens {how}")
+        pbar.update(1)
+    pbar.close()
     responses = pa.concat_tables(tables)
     t0 = time.time()
     gold = score_gold(responses, cfg.gold)

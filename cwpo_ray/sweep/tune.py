@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from cwpo_ray import console
 from cwpo_ray.config import load_config
 from cwpo_ray.results import SweepResult, SweepRow, SweepSelection, write_result
 from cwpo_ray.sweep.config import UPSTREAM, SweepConfig
@@ -186,7 +187,10 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials, scheduler=scheduler),
-        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune")),
+        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune"),
+                                  # quiet console: no status tables; one bar of finished trials instead
+                                  verbose=0 if console.quiet() else None,
+                                  callbacks=[trial_bar(len(points) * len(cfg.seeds) * len(methods))]),
     )
     rows = []
     for r in tuner.fit():
@@ -206,6 +210,27 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                           selected=selected)
     write_result(out, summary)
     return summary
+
+
+def trial_bar(total: int):
+    """A Tune callback: a console bar of finished trials (hidden off a terminal, see
+    :func:`cwpo_ray.console.bar`)."""
+    from ray import tune
+
+    class TrialBar(tune.Callback):
+        def setup(self, **info):
+            self.bar = console.bar(total=total, desc="sweep", unit="trial")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.bar.update(1)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.bar.update(1)
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialBar()
 
 
 def final_test(cfg: SweepConfig, method: str, s: SweepSelection) -> SweepSelection:

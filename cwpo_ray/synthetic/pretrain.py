@@ -30,9 +30,9 @@ class PretrainConfig(StrictModel):
 def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, desc: str = "pretrain") -> dict:
     """Train ``model`` in place on ``texts`` (+ EOS) with the causal-LM loss; returns loss stats."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from cwpo_ray.console import bar as progress_bar
     from cwpo_ray.student.data import pad_sequences
 
     torch.manual_seed(cfg.seed)
@@ -51,7 +51,7 @@ def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, 
     model.train()
     losses: list[float] = []
     step = 0
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    bar = progress_bar(total=total, desc=desc, unit="step")
     while step < total:
         rng.shuffle(order)
         for s in range(0, len(order), cfg.batch_size):

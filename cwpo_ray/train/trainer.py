@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from cwpo_ray import io
+from cwpo_ray import console, io
 from cwpo_ray.train.loop import FINAL_MARK, STATE_FILE
 
 try:
@@ -144,7 +144,8 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False),
     )
     t0 = time.time()
-    result = trainer.fit()
+    with console.metrics_bar(logger.path, task.name):
+        result = trainer.fit()
     wall = time.time() - t0
     if result.error:
         raise result.error
