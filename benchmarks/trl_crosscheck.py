@@ -9,6 +9,11 @@ Human-DPO GRA and their difference.
 
     pip install -e '.[bench]'        # TRL
     python benchmarks/trl_crosscheck.py --run runs/demo [--method human-dpo]
+    python benchmarks/trl_crosscheck.py --run runs/demo --method cw-dpo    # weak labels, TRL-native weighting
+
+A weak-label method (labels=weak: CW-DPO, WS-DPO, top-N%) is trained with
+:class:`cwpo_ray.integrations.trl.WeightedDPOTrainer` on the run's weak labels
+(``annotated/preferences``) with the method's weighting, from the SFT model the method started from.
 
 Differences that remain by design: TRL trains in one process (our align runs 2 Ray Train workers with
 DeepSpeed; the global batch is the same), and TRL's data order and dropout RNG are its own.
@@ -48,17 +53,26 @@ def main():
     run = Path(args.run)
     cfg = load_config(PipelineConfig, run / "config.yaml")
     ms = cfg.methods[args.method]
-    if ms.labels != "human_unlabeled" or ms.loss != "dpo" or ms.weighting not in ("none", "confidence"):
-        raise SystemExit(f"{args.method}: expected a Human-DPO method (labels human_unlabeled, loss dpo, weight 1)")
+    weak = ms.labels == "weak"
+    if ms.loss != "dpo" or not (weak or (ms.labels == "human_unlabeled" and ms.weighting in ("none", "confidence"))):
+        raise SystemExit(f"{args.method}: expected a DPO method on the pool's human labels (weight 1) or on the weak labels")
     al = cfg.align
-    out = Path(args.out or run / "trl_crosscheck")
-    sft_model = run / "sft" / "model"
-    # the same conversion (and quarantine rules) as our align's data_format=pairs
-    pairs, _ = human_pairs_to_preferences(pq.read_table(run / "data" / "unlabeled"))
-    rows = pairs.select(["prompt", "chosen", "rejected"]).to_pylist()
+    out = Path(args.out or run / ("trl_crosscheck" if args.method == "human-dpo" else f"trl_crosscheck_{args.method}"))
+    # the SFT model the method started from (its reference and GRA baseline)
+    sft_model = Path(json.loads((run / "align" / args.method / "summary.json").read_text())["base_model"])
+    if weak:  # the weak labels with the method's weights (the same rules as our align's with_weights)
+        from cwpo_ray.integrations.trl import load_preferences
+
+        data = load_preferences(str(run / "annotated" / "preferences"), weighting=ms.weighting, top_fraction=ms.top_fraction)
+        data = data.select_columns(["prompt", "chosen", "rejected", "weight"])
+    else:  # the same conversion (and quarantine rules) as our align's data_format=pairs
+        pairs, _ = human_pairs_to_preferences(pq.read_table(run / "data" / "unlabeled"))
+        data = Dataset.from_list(pairs.select(["prompt", "chosen", "rejected"]).to_pylist())
+    rows = data
     per_step = al.batch_size * al.num_workers * al.grad_accum  # our global batch: pairs per optimizer step
     beta = ms.beta or al.beta
-    print(f"TRL DPOTrainer: {len(rows)} human-labeled pairs from {sft_model}; beta {beta}, lr {al.lr}, "
+    print(f"TRL {'WeightedDPOTrainer' if weak else 'DPOTrainer'}: {len(rows)} {'weak' if weak else 'human'}-labeled pairs "
+          f"(weighting {ms.weighting if weak else 'none'}) from {sft_model}; beta {beta}, lr {al.lr}, "
           f"{al.epochs} epochs, {per_step} pairs/step, warm-up {al.warmup_steps}, {al.lr_scheduler}", flush=True)
     torch.manual_seed(al.seed)
     tok = AutoTokenizer.from_pretrained(sft_model)
@@ -71,7 +85,12 @@ def main():
         adam_beta2=al.adam_betas[1], logging_steps=20, save_strategy="no", report_to="none", use_cpu=True,
         seed=al.seed, dataloader_num_workers=0, disable_tqdm=True)
     t0 = time.time()
-    trainer = DPOTrainer(model=lm, args=trl_cfg, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    if weak:
+        from cwpo_ray.integrations.trl import WeightedDPOTrainer
+
+        trainer = WeightedDPOTrainer(model=lm, args=trl_cfg, train_dataset=data, processing_class=tok, weight_column="weight")
+    else:
+        trainer = DPOTrainer(model=lm, args=trl_cfg, train_dataset=data, processing_class=tok)
     trainer.train()
     model_dir = out / "model"
     trainer.model.save_pretrained(model_dir)
@@ -81,7 +100,7 @@ def main():
     ours = read_result(EvaluateResult, run / "eval" / "metrics.json")
     ev = cfg.evaluate.model_copy(update={
         "ray": cfg.ray, "prompts_path": ours.prompts_path, "sft_model": str(sft_model),
-        "models": {"trl-dpo": str(model_dir)}, "output_dir": str(out / "eval")})
+        "models": {"trl-dpo": str(model_dir)}, "baselines": {}, "compare_to": {}, "output_dir": str(out / "eval")})
     m = run_evaluate(ev)
     t, o = m.methods["trl-dpo"], ours.methods[args.method]
     result = {"trl_gra": t.gra, "trl_gra_ci": list(t.gra_ci), "ours_gra": o.gra, "ours_gra_ci": list(o.gra_ci),
@@ -89,8 +108,10 @@ def main():
               "ours_length_limit_share": ours.length_limit_share[args.method], "prompts": m.num_prompts,
               "samples_per_prompt": m.samples_per_prompt, "pairs": len(rows)}
     (out / "result.json").write_text(json.dumps(result, indent=2))
+    if str(sft_model) != str(ours.sft_model):
+        print("(the baseline is the method's own SFT model; our run sampled it under another name, so its samples differ)")
     print(f"\nsame SFT model, same pairs, same recipe, same {m.num_prompts} prompts x {m.samples_per_prompt} samples:")
-    print(f"  TRL DPOTrainer  GRA {t.gra:.3f} [{t.gra_ci[0]:.3f}, {t.gra_ci[1]:.3f}]  "
+    print(f"  TRL {'weighted ' if weak else ''}DPO  GRA {t.gra:.3f} [{t.gra_ci[0]:.3f}, {t.gra_ci[1]:.3f}]  "
           f"at length limit {result['trl_length_limit_share']:.1%}")
     print(f"  cwpo {args.method:<10} GRA {o.gra:.3f} [{o.gra_ci[0]:.3f}, {o.gra_ci[1]:.3f}]  "
           f"at length limit {result['ours_length_limit_share']:.1%}")
