@@ -192,7 +192,15 @@ def test_submit_synthesize_and_prepare_job(ray_head, tmp_path):
 
     client = JobSubmissionClient(ray_head)
     t0 = time.time()
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    while True:  # the head's job agent registers a little after its dashboard answers (longer on a busy machine)
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() - t0 > 90:
+                raise
+            time.sleep(2.0)
+    t0 = time.time()
     status = None
     while time.time() - t0 < 240:
         status = client.get_job_status(job_id)
