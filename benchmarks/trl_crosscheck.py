@@ -59,11 +59,14 @@ def main():
     al = cfg.align
     out = Path(args.out or run / ("trl_crosscheck" if args.method == "human-dpo" else f"trl_crosscheck_{args.method}"))
     # the SFT model the method started from (its reference and GRA baseline)
-    sft_model = Path(json.loads((run / "align" / args.method / "summary.json").read_text())["base_model"])
+    recorded = json.loads((run / "align" / args.method / "summary.json").read_text()).get("base_model")
+    sft_model = Path(recorded) if recorded else run / "sft" / "model"  # runs older than base_model: the common SFT
     if weak:  # the weak labels with the method's weights (the same rules as our align's with_weights)
         from cwpo_ray.integrations.trl import load_preferences
 
-        data = load_preferences(str(run / "annotated" / "preferences"), weighting=ms.weighting, top_fraction=ms.top_fraction)
+        labels = run / "annotated" / "preferences"
+        labels = labels if labels.exists() else run / "annotated" / "labeled"  # runs of before 2026-11-24
+        data = load_preferences(str(labels), weighting=ms.weighting, top_fraction=ms.top_fraction)
         data = data.select_columns(["prompt", "chosen", "rejected", "weight"])
     else:  # the same conversion (and quarantine rules) as our align's data_format=pairs
         pairs, _ = human_pairs_to_preferences(pq.read_table(run / "data" / "unlabeled"))
