@@ -12,7 +12,8 @@ install:
 demo: install
 	$(VENV)/bin/cwpo demo
 
-# The suite took 40 min on a fresh 2-core clone (2026-11-24); the cap stays well inside CI's 90 minutes.
+# The suite took 40 min on a fresh 2-core clone (2026-11-24; 55 min with a training job beside it); the cap
+# stays inside CI's 90 minutes. --durations names the slow tests (the sweep and the two demo runs: ~2/3).
 test: install
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 timeout 4200 $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests
