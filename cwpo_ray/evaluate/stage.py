@@ -26,8 +26,8 @@ from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.evaluate.gold import GoldConfig, build_gold_reward
 from cwpo_ray.evaluate.metrics import gra
 from cwpo_ray.evaluate.report import REPORT_FILES, write_report
-from cwpo_ray.generate.core import model_seed, prompt_id
-from cwpo_ray.generate.stage import collect, generate_table, generation_stats, read_prompts
+from cwpo_ray.generate.core import CANDIDATE_SCHEMA, model_seed, prompt_id
+from cwpo_ray.generate.stage import collect, generate_many, generate_table, generation_stats, read_prompts
 from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
 from cwpo_ray.results import EvaluateResult, ModelGeneration, ReportFiles, write_result
 from cwpo_ray.runtime import cluster_device, init_ray
@@ -180,6 +180,36 @@ def _cache_write(cache: str | None, tbl: pa.Table, gen: dict) -> None:
     os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the whole new one
 
 
+def _generate_models(prompts: list[str], models: dict[str, tuple[str, object]], k: int, engine) -> dict:
+    """name -> (responses table, engine seconds, info) for each model. The actor-pool executor generates
+    every model in one Ray Data pass (each engine actor serves the models in turn: one actor start for
+    all of them); ``ray_data_llm`` runs one pipeline per model. Progress: one bar over all responses."""
+    if not models:
+        return {}
+    out = {}
+    pbar = console.bar(total=len(models) * len(prompts) * k, desc="evaluate", unit="response")
+    if engine.executor == "actor_pool":
+        ds, info = generate_many(prompts, models, k, engine)
+        parts = []
+        for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            parts.append(b)
+            pbar.update(b.num_rows)
+        allt = pa.concat_tables(parts)
+        keys = allt.column("model_key").to_pylist()
+        for name in models:
+            sub = allt.filter(pa.array([x == name for x in keys], pa.bool_()))
+            seconds = float(sum(sub.column("gen_seconds").to_pylist()))
+            out[name] = (sub.select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA), seconds, info)
+    else:
+        for name, (path, sampling) in models.items():
+            cands, info = generate_table(prompts, path, k, sampling, engine)
+            tbl = collect(cands)
+            out[name] = (tbl, info["seconds"], info)
+            pbar.update(tbl.num_rows)
+    pbar.close()
+    return out
+
+
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
     require(cfg, "prompts_path", "sft_model", "output_dir")
@@ -191,35 +221,37 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     pids = [prompt_id(p) for p in prompts]
     k = cfg.num_samples
     models = {"sft": cfg.sft_model, **cfg.baselines, **cfg.models}
-    tables, generation = [], {}
-    pbar = console.bar(total=len(models), desc="evaluate", unit="model")
+    samplings = {name: (cfg.sampling.model_copy(update={"seed": model_seed(cfg.sampling.seed, name)})
+                        if cfg.seeding == "independent" else cfg.sampling) for name in models}
+    tbls, generation, caches, how = {}, {}, {}, {}
     for name, path in models.items():
-        # One Ray Data pipeline per model: its engine actors exit when it finishes, before the next starts.
-        t0 = time.time()
-        sampling = cfg.sampling
-        if cfg.seeding == "independent":
-            sampling = sampling.model_copy(update={"seed": model_seed(cfg.sampling.seed, name)})
-        cache = response_cache_path(path, pids, k, sampling, cfg.engine) if cfg.cache_responses else None
-        hit = _cache_read(cache)
+        caches[name] = response_cache_path(path, pids, k, samplings[name], cfg.engine) if cfg.cache_responses else None
+        hit = _cache_read(caches[name])
         if hit is not None:
-            tbl, gen = hit
-            generation[name] = ModelGeneration.model_validate({**gen, "cached_from": cache})
-        else:
-            cands, info = generate_table(prompts, path, k, sampling, cfg.engine)
-            tbl = collect(cands)
-            del cands
-            g = generation_stats(tbl, info["seconds"])
-            fallback = g["fallback_reasons"]
-            if info.get("fallback_reason"):
-                fallback = sorted(set(fallback) | {info["fallback_reason"]})
-            generation[name] = ModelGeneration(
-                **{**g, "fallback_reasons": fallback}, device=info["device"], executor=info["executor"],
-                length_limit_share=round(g["finish_reasons"].get("length", 0) / max(tbl.num_rows, 1), 4),
-                model=path, base_seed=sampling.seed)
-            if not fallback:  # only engine output is cached (a fallback run is retried next time)
-                _cache_write(cache, tbl, generation[name].model_dump(mode="json"))
+            tbls[name], gen = hit
+            generation[name] = ModelGeneration.model_validate({**gen, "cached_from": caches[name]})
+            how[name] = f"read from the response cache {caches[name]}"
+    todo = [name for name in models if name not in tbls]
+    t0 = time.time()
+    for name, (tbl, seconds, info) in _generate_models(prompts, {n: (models[n], samplings[n]) for n in todo}, k, cfg.engine).items():
+        g = generation_stats(tbl, seconds)
+        fallback = g["fallback_reasons"]
+        if info.get("fallback_reason"):
+            fallback = sorted(set(fallback) | {info["fallback_reason"]})
+        generation[name] = ModelGeneration(
+            **{**g, "fallback_reasons": fallback}, device=info["device"], executor=info["executor"],
+            length_limit_share=round(g["finish_reasons"].get("length", 0) / max(tbl.num_rows, 1), 4),
+            model=models[name], base_seed=samplings[name].seed)
+        if not fallback:  # only engine output is cached (a fallback run is retried next time)
+            _cache_write(caches[name], tbl, generation[name].model_dump(mode="json"))
+        tbls[name] = tbl
+        how[name] = f"({g['tokens_per_s']} tok/s, backend {', '.join(g['backends'])})"
+    if todo:
+        log.info("evaluate: %d model(s) generated in %.1fs", len(todo), time.time() - t0)
+    tables = []
+    for name, path in models.items():
         g = generation[name].model_dump()
-        by_key = {(r["prompt_id"], r["candidate_idx"]): r for r in tbl.select(RESPONSE_COLUMNS).to_pylist()}
+        by_key = {(r["prompt_id"], r["candidate_idx"]): r for r in tbls[name].select(RESPONSE_COLUMNS).to_pylist()}
         missing = [(p, j) for p in pids for j in range(k) if (p, j) not in by_key]
         if missing:
             raise RuntimeError(f"evaluate: {name} returned no response for {len(missing)} (prompt, sample) requests")
@@ -232,12 +264,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             "num_tokens": pa.array([r["num_tokens"] for r in rows], pa.int32()),
             "finish_reason": [r["finish_reason"] for r in rows],
         }))
-        log.info("evaluate: %s generated in %.1fs", name, time.time() - t0)
-        how = f"read from the response cache {cache}" if hit is not None else \
-            f"({g['tokens_per_s']} tok/s, backend {', '.join(g['backends'])}) in {time.time() - t0:.1f}s"
-        console.info(f"evaluate: {name}: {g['responses']} responses, {g['generated_tokens']} tokens {how}")
-        pbar.update(1)
-    pbar.close()
+        console.info(f"evaluate: {name}: {g['responses']} responses, {g['generated_tokens']} tokens {how[name]}")
     responses = pa.concat_tables(tables)
     t0 = time.time()
     gold = score_gold(responses, cfg.gold)

