@@ -43,6 +43,9 @@ STAGES: dict[str, tuple[str, str, str | None, str]] = {
                  "prepare -> train-annotator -> annotate -> sft -> align (methods) -> evaluate, resumable"),
     "sweep": ("cwpo_ray.sweep.config:SweepConfig", "cwpo_ray.sweep.tune:run_sweep", "cwpo_ray.sweep.tune:format_sweep",
               "Ray Tune over dotted pipeline keys x methods x seeds, selected on validation, then tested"),
+    "export": ("cwpo_ray.integrations.hub:ExportConfig", "cwpo_ray.integrations.hub:run_export",
+               "cwpo_ray.integrations.hub:format_export",
+               "a run's labeled data, annotator and students as Hugging Face Hub repos (+ push_to_hub)"),
     "demo": ("cwpo_ray.pipeline:PipelineConfig", "cwpo_ray.pipeline:run_pipeline", "cwpo_ray.pipeline:format_pipeline",
              "the pipeline on the embedded synthetic task with tiny models (no downloads)"),
 }

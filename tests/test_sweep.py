@@ -81,7 +81,7 @@ def test_write_results(tmp_path):
 @pytest.mark.timeout(1800)
 def test_sweep_on_synthetic_task_selects_on_validation_then_tests(tmp_path, ray_session):
     cfg = build_config(SweepConfig, {
-        "output_dir": str(tmp_path / "sweep"), "space": {"align.beta": [0.1, 0.5]}, "methods": ["cw-dpo", "ws-dpo"],
+        "output_dir": str(tmp_path / "sweep"), "space": {"align.beta": [0.1, 0.5]}, "methods": ["cw-dpo"],  # per method: unit tests above
         # the session's Ray has 2 CPUs and the trial driver holds 0.01: workers take half a CPU each here
         "pipeline": {"synthetic": {"task": {"num_pairs": 600}, "pretrain": {"num_texts": 512, "epochs": 1}},
                      "annotator": {"epochs": 1, "cpus_per_worker": 0.5},
@@ -90,7 +90,7 @@ def test_sweep_on_synthetic_task_selects_on_validation_then_tests(tmp_path, ray_
                      "stages": ["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"]},
     })
     s = run_sweep(cfg)
-    assert s.trials == 4 and s.ok == 4, s.rows
+    assert s.trials == 2 and s.ok == 2, s.rows
     out = Path(cfg.output_dir)
     val = {}
     for r in s.rows:  # every trial was scored on the validation split
@@ -104,7 +104,7 @@ def test_sweep_on_synthetic_task_selects_on_validation_then_tests(tmp_path, ray_
         t = json.loads((out / "trials" / "seed0" / slug(sel.point) / method / "eval_test" / "metrics.json").read_text())
         assert t["prompts_path"].endswith("/test") and sel.test_gra == pytest.approx(t["methods"][method]["gra"])
         assert sel.test_gra_ci[0] <= sel.test_gra <= sel.test_gra_ci[1]
-    assert set(s.selected) == {"cw-dpo", "ws-dpo"}
+    assert set(s.selected) == {"cw-dpo"}
     assert read_result(SweepResult, out / "summary.json") == s
     assert (out / "results.md").exists() and (out / "gra_sweep.png").exists()
     # the annotator was trained once for the shared (upstream point, seed), not once per trial
