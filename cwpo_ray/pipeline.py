@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from cwpo_ray import console
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
-from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, Weighting, dump_config, updated
+from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, TrackingConfig, Weighting, dump_config, updated
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.generate.config import GenerateConfig
 from cwpo_ray.layout import RunLayout
@@ -88,6 +88,9 @@ class PipelineConfig(StrictModel):
     # labeled_human SFT model, trained as well, so that rows compare directly.
     sft_data: Literal["labeled_human", "method_labels"] = "labeled_human"
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    # MLflow / W&B tracking of every training and evaluation stage (one tracked run per stage, named
+    # "<run folder>/<stage>"); not part of the stages' manifest keys: turning it on re-runs nothing.
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Optional: candidate pairs sampled from the SFT student (vLLM) for prompts of the unlabeled pool,
     # written in the canonical pair schema (ready for `annotate`); the paper aligns on the datasets' pairs.
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -96,14 +99,15 @@ class PipelineConfig(StrictModel):
 
     # Fields the pipeline sets itself: a value given for them would be ignored, so it is rejected.
     OWNED: ClassVar[dict[str, tuple[str, ...]]] = {
-        "prepare": ("ray",), "annotator": ("ray",), "annotate": ("ray", "overwrite"), "sft": ("ray",),
-        "generate": ("ray",), "evaluate": ("ray", "baselines", "compare_to"),
-        "align": ("ray", "data_dir", "data_format", "output_dir", "loss", "weighting", "top_fraction"),
+        "prepare": ("ray",), "annotator": ("ray", "tracking"), "annotate": ("ray", "overwrite"), "sft": ("ray", "tracking"),
+        "generate": ("ray",), "evaluate": ("ray", "tracking", "baselines", "compare_to"),
+        "align": ("ray", "tracking", "data_dir", "data_format", "output_dir", "loss", "weighting", "top_fraction"),
     }
 
     @model_validator(mode="after")
     def _owned_fields_unset(self):
         why = {"ray": "the pipeline's own `ray:` section is used by every stage",
+               "tracking": "the pipeline's own `tracking:` section is used by every training and evaluation stage",
                "overwrite": "the run manifest decides when annotate re-runs",
                "data_dir": "each method's labels decide it (methods.NAME.labels)",
                "data_format": "each method's labels decide it (methods.NAME.labels)",
@@ -183,6 +187,11 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     t_start = time.time()
     ray_only = {"ray": cfg.ray}
 
+    def tracked(name: str) -> dict:  # the pipeline's tracking, one run per stage named "<run folder>/<stage>"
+        if cfg.tracking.kind == "none":
+            return {}
+        return {"tracking": cfg.tracking.model_copy(update={"run_name": f"{cfg.tracking.run_name or run.root.name}/{name}"})}
+
     def stage(name: str, cls: type[R], stage_cfg, inputs: dict[str, str], output: Path, fn: Callable[[], R],
               fmt: Callable[[R], str] | None = None, artifacts=None, full_summary: bool = False) -> R:
         """Run ``fn`` (a stage returning a ``cls``) unless the manifest has it done. The manifest keeps the
@@ -193,7 +202,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         console.route_library_logs()  # libraries imported by the previous stage
         if not console.quiet():
             print(f"\n=== {name} ===", flush=True)
-        config = stage_cfg.model_dump(mode="json")
+        config = stage_cfg.model_dump(mode="json", exclude={"tracking"})  # tracking changes no result
         made: list[R] = []
 
         def run_fn() -> dict:
@@ -252,8 +261,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     # 3. train-annotator ---------------------------------------------------------------------------
     from cwpo_ray.annotator.train import format_train_annotator, run_train_annotator
 
-    ann = _fill(cfg.annotator, "annotator", ray_only, model=syn_paths.weak_base if syn_paths else None, data_dir=str(data),
-                output_dir=str(run.annotator))
+    ann = _fill(cfg.annotator, "annotator", {**ray_only, **tracked("train-annotator")},
+                model=syn_paths.weak_base if syn_paths else None, data_dir=str(data), output_dir=str(run.annotator))
     if "train-annotator" in cfg.stages:
         stage("train-annotator", TrainAnnotatorResult, ann, {"data": fps.get("prepare", "")}, Path(ann.output_dir),
               lambda: run_train_annotator(ann), format_train_annotator, [RunLayout.model(ann.output_dir)])
@@ -279,7 +288,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     from cwpo_ray.student.sft import format_sft, run_sft
 
     sft_owned = {**ray_only, **({"data_format": "pairs"} if cfg.sft.data_dir is None else {})}
-    sft = _fill(cfg.sft, "sft", sft_owned, model=syn_paths.student_base if syn_paths else None,
+    sft = _fill(cfg.sft, "sft", {**sft_owned, **tracked("sft")}, model=syn_paths.student_base if syn_paths else None,
                 data_dir=str(data / "labeled"), output_dir=str(run.sft))
     sft_model = str(RunLayout.model(sft.output_dir))
     if "sft" in cfg.stages:
@@ -302,7 +311,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
             if source == "human_labeled":  # the same data as the common SFT model's: that model is its SFT model
                 continue
             d, fmt, fp_in = label_data[source]
-            s_cfg = _fill(cfg.sft, f"sft/{source}", {**ray_only, "data_format": fmt, "data_dir": d,
+            s_cfg = _fill(cfg.sft, f"sft/{source}", {**ray_only, **tracked(f"sft/{source}"), "data_format": fmt, "data_dir": d,
                                                      "output_dir": str(RunLayout.sft_for_in(sft.output_dir, source))},
                           model=syn_paths.student_base if syn_paths else None)
             init[source] = (str(RunLayout.model(s_cfg.output_dir)), f"sft/{source}")
@@ -326,7 +335,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     for name, ms in cfg.methods.items():
         d, fmt, fp_in = label_data[ms.labels]
         al = _fill(cfg.align, f"methods.{name}", {
-            **ray_only, "data_dir": d, "data_format": fmt, "output_dir": str(run.align(name)), "loss": ms.loss,
+            **ray_only, **tracked(f"align/{name}"), "data_dir": d, "data_format": fmt, "output_dir": str(run.align(name)), "loss": ms.loss,
             "weighting": ms.weighting, "top_fraction": ms.top_fraction, "beta": ms.beta or cfg.align.beta},
             model=init[ms.labels][0])
         models[name] = str(RunLayout.model(al.output_dir))
@@ -339,7 +348,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
 
     own = {f"sft-{s}": m for s, (m, st) in init.items() if st != "sft"}  # SFT models other than the common one
-    ev = _fill(cfg.evaluate, "evaluate", {**ray_only, "baselines": own, "compare_to": {
+    ev = _fill(cfg.evaluate, "evaluate", {**ray_only, **tracked("evaluate"), "baselines": own, "compare_to": {
                    n: f"sft-{ms.labels}" for n, ms in cfg.methods.items() if f"sft-{ms.labels}" in own}},
                prompts_path=str(data / "test"), sft_model=sft_model, output_dir=str(run.eval), models=models)
     evaluation, report, gate = None, None, None

@@ -111,10 +111,20 @@ def test_align_zero2_on_the_fly_loss_decreases(sft_model, preference_dir, tmp_pa
 
     cfg = build_config(AlignConfig, {**SMALL, "model": sft_model.model_dir, "data_dir": preference_dir,
                                      "output_dir": str(tmp_path), "zero_stage": 2, "lr": 3e-4, "grad_accum": 1,
-                                     "warmup_steps": 0, "max_steps": 12, "weighting": "confidence"})
+                                     "warmup_steps": 0, "max_steps": 12, "weighting": "confidence",
+                                     "tracking": {"kind": "mlflow", "tracking_uri": f"file://{tmp_path}/mlruns", "run_name": "t/align"}})
     s = run_align(cfg)
     print(format_align(s))
     assert s.steps == 12 and s.reference_mode == "on_the_fly"
+    # tracked in MLflow (a local file store): config as params, every logged step live, results, metrics.jsonl
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"file://{tmp_path}/mlruns")
+    (run,) = c.search_runs([c.get_experiment_by_name("cwpo").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "t/align" and run.data.params["beta"] == str(cfg.beta)
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [2, 4, 6, 8, 10, 12]
+    assert run.data.metrics["final/last_loss"] == pytest.approx(s.last_loss)
+    assert "metrics.jsonl" in [a.path for a in c.list_artifacts(run.info.run_id)]
     assert s.last_loss < s.first_loss
     assert s.last_reward_margin > s.first_reward_margin + 0.05
     assert s.last_weighted_pref_acc > s.first_weighted_pref_acc

@@ -23,6 +23,7 @@ from cwpo_ray.config import ConfigError, require
 from cwpo_ray.inputs import check_inputs, write_bad_files
 from cwpo_ray.results import TrainAnnotatorResult, write_result
 from cwpo_ray.schema import PAIR_SCHEMA, validate_pair
+from cwpo_ray.tracking import tracked_stage
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def evaluate_annotator(model_dir: str, eval_path: str | list[str], out_dir: str,
     return ev
 
 
+@tracked_stage("train-annotator", lambda r: [r.reliability_png, r.top_confident_png, f"{r.output_dir}/metrics.jsonl"])
 def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> TrainAnnotatorResult:
     """Train on ``{data_dir}/labeled``, save ``{output_dir}/model``, evaluate on ``{data_dir}/validation``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cwpo_ray.config import OnBadFile, RayConfig, StrictModel
+from cwpo_ray.config import OnBadFile, RayConfig, StrictModel, TrackingConfig
 from cwpo_ray.evaluate.gold import GoldConfig
 from cwpo_ray.generate.config import EngineConfig, SamplingConfig
 
@@ -43,6 +43,7 @@ class EvaluateConfig(StrictModel):
     # with the same sampling, seed and engine settings (``{model folder}/../responses_cache/``): a sweep's
     # trials share their SFT models, whose samples are then generated once. The gold reward is always rescored.
     cache_responses: bool = True
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # MLflow / W&B (cwpo_ray.tracking)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("models")

@@ -31,6 +31,7 @@ from cwpo_ray.generate.stage import collect, generate_many, generate_table, gene
 from cwpo_ray.inputs import InputCheck, check_inputs, write_bad_files
 from cwpo_ray.results import EvaluateResult, ModelGeneration, ReportFiles, write_result
 from cwpo_ray.runtime import cluster_device, init_ray
+from cwpo_ray.tracking import tracked_stage
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def _generate_models(prompts: list[str], models: dict[str, tuple[str, object]], 
     return out
 
 
+@tracked_stage("evaluate", lambda r: [r.files.report, r.files.gra_plot, r.files.gold_plot] if r.files else [])
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
     require(cfg, "prompts_path", "sft_model", "output_dir")

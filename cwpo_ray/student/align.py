@@ -18,6 +18,7 @@ from cwpo_ray.runtime import init_ray, local_device
 from cwpo_ray.student.config import AlignConfig
 from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encode_rows
 from cwpo_ray.student.stage import load_pairs, with_weights
+from cwpo_ray.tracking import tracked_stage
 from cwpo_ray.train.tasks import AlignTask
 from cwpo_ray.train.trainer import fit, train_metrics
 
@@ -81,6 +82,7 @@ def precompute_reference(ds, cfg: AlignConfig):
     return out
 
 
+@tracked_stage("align", lambda r: [f"{r.output_dir}/metrics.jsonl"])
 def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> AlignResult:
     """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""

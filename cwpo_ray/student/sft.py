@@ -13,10 +13,12 @@ from cwpo_ray.results import SFTResult, write_result
 from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.config import SFTConfig
 from cwpo_ray.student.stage import load_pairs
+from cwpo_ray.tracking import tracked_stage
 from cwpo_ray.train.tasks import SFTTask
 from cwpo_ray.train.trainer import fit, train_metrics
 
 
+@tracked_stage("sft", lambda r: [f"{r.output_dir}/metrics.jsonl"])
 def run_sft(cfg: SFTConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> SFTResult:
     """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import LoraSettings, OnBadFile, RayConfig, StrictModel
+from cwpo_ray.config import LoraSettings, OnBadFile, RayConfig, StrictModel, TrackingConfig
 
 
 class TrainConfig(StrictModel):
@@ -55,6 +55,7 @@ class TrainConfig(StrictModel):
     log_every_steps: int = Field(default=10, gt=0)  # optimizer steps between metrics rows
     seed: int = 0
     deepspeed_extra: dict = Field(default_factory=dict)  # merged into the generated DeepSpeed config
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # MLflow / W&B (cwpo_ray.tracking)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

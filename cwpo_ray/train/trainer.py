@@ -144,7 +144,9 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False),
     )
     t0 = time.time()
-    with console.metrics_bar(logger.path, task.name):
+    from cwpo_ray import tracking
+
+    with console.metrics_bar(logger.path, task.name), tracking.follow_steps(tracking.current(), logger.path):
         result = trainer.fit()
     wall = time.time() - t0
     if result.error:
