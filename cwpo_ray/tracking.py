@@ -175,8 +175,11 @@ def follow_steps(tracker: Tracker | None, metrics_path: str, poll_s: float = 1.0
             except ValueError:
                 continue
             step = row.get("step")
-            tracker.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "time", "total_steps")},
-                                step=int(step) if step is not None else None)
+            try:
+                tracker.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "time", "total_steps")},
+                                    step=int(step) if step is not None else None)
+            except Exception as e:  # noqa: BLE001 - a tracking server hiccup must not stop training
+                log.warning("tracking: step %s not logged: %s: %s", step, type(e).__name__, e)
 
     def loop() -> None:
         while not stop.wait(poll_s):
@@ -219,10 +222,14 @@ def tracked_stage(name: str, artifacts=lambda result: []):
                     result = fn(cfg, *args, **kwargs)
                 finally:
                     _CURRENT.reset(token)
-                tr.log_metrics({f"final/{k}": v for k, v in numeric(result.model_dump(mode="json", exclude={"history"})).items()})
-                for path in artifacts(result):
-                    tr.log_artifact(path)
+                try:  # tracking is a record of the stage: a failure here is a warning, never the stage's failure
+                    tr.log_metrics({f"final/{k}": v for k, v in numeric(result.model_dump(mode="json", exclude={"history"})).items()})
+                    for path in artifacts(result):
+                        tr.log_artifact(path)
+                except Exception as e:  # noqa: BLE001
+                    log.warning("tracking: %s: final metrics / artifacts not logged: %s: %s", name, type(e).__name__, e)
                 return result
+        wrapper.__wrapped_artifacts__ = artifacts  # the artifact list, for tests
         return wrapper
     return deco
 

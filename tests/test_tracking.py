@@ -104,3 +104,51 @@ def test_bad_tracking_config_fails_fast(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"^config error: tracking.kind: wandb needs the `wandb` package"):
         build_config(AlignConfig, {"tracking": {"kind": "wandb"}})
+
+
+def test_tracked_stage_artifact_paths_of_every_stage_and_no_failure_from_tracking(tmp_path, caplog):
+    """The artifact lists of the real stages resolve on their result models, and an error while logging a
+    finished stage's record is a warning: the stage's result still comes back."""
+    from mlflow import MlflowClient
+
+    from cwpo_ray.annotator.train import run_train_annotator
+    from cwpo_ray.evaluate.stage import run_evaluate
+    from cwpo_ray.results import AlignResult, EvaluateResult, SFTResult, TrainAnnotatorResult
+    from cwpo_ray.student.align import run_align
+    from cwpo_ray.student.sft import run_sft
+    from cwpo_ray.tracking import tracked_stage
+
+    def fake(cls):
+        """A result with every field filled: nested models built the same way, strings as paths."""
+        vals = {}
+        for n, f in cls.model_fields.items():
+            models = [a for a in (f.annotation, *typing.get_args(f.annotation)) if isinstance(a, type) and issubclass(a, pydantic.BaseModel)]
+            vals[n] = fake(models[0]) if models else f"/x/{n}"
+        return cls.model_construct(**vals)
+
+    import typing
+
+    import pydantic
+
+    for fn, cls in ((run_train_annotator, TrainAnnotatorResult), (run_sft, SFTResult), (run_align, AlignResult),
+                    (run_evaluate, EvaluateResult)):
+        paths = fn.__wrapped_artifacts__(fake(cls))
+        assert paths and all(isinstance(p, str) for p in paths), fn
+
+    class Res(pydantic.BaseModel):
+        output_dir: str
+        score: float
+
+    class Cfg(pydantic.BaseModel):
+        tracking: TrackingConfig
+        output_dir: str
+
+    @tracked_stage("fake", lambda r: r.nope)  # a broken artifact list
+    def run(cfg):
+        return Res(output_dir=cfg.output_dir, score=0.5)
+
+    r = run(Cfg(tracking=mlflow_cfg(tmp_path), output_dir=str(tmp_path)))
+    assert r.score == 0.5 and "not logged" in caplog.text
+    c = MlflowClient(f"file://{tmp_path}/mlruns")
+    (run_,) = c.search_runs([c.get_experiment_by_name("cwpo").experiment_id])
+    assert run_.info.status == "FINISHED" and run_.data.metrics["final/score"] == 0.5

@@ -86,7 +86,7 @@ def evaluate_annotator(model_dir: str, eval_path: str | list[str], out_dir: str,
     return ev
 
 
-@tracked_stage("train-annotator", lambda r: [r.reliability_png, r.top_confident_png, f"{r.output_dir}/metrics.jsonl"])
+@tracked_stage("train-annotator", lambda r: [r.held_out.reliability_png, r.held_out.top_confident_png, f"{r.output_dir}/metrics.jsonl"])
 def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> TrainAnnotatorResult:
     """Train on ``{data_dir}/labeled``, save ``{output_dir}/model``, evaluate on ``{data_dir}/validation``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
