@@ -105,7 +105,7 @@ def test_cli_print_config(capsys):
                                       for value in [{"ray": "{num_cpus: 2}", "overwrite": "true", "data_dir": "/x",
                                                      "data_format": "pairs", "output_dir": "/x", "loss": "ipo",
                                                      "weighting": "top_fraction", "top_fraction": "0.9",
-                                                     "baselines": "{sft-x: /m}", "compare_to": "{}"}[field]]])
+                                                     "baselines": "{sft-x: /m}", "compare_to": "{}", "tracking": "{experiment: x}"}[field]]])
 def test_pipeline_owned_fields_are_rejected_not_ignored(override, capsys):
     """A field the pipeline sets itself would be silently overwritten: it is an error naming the field."""
     assert main(["demo", override, "--print-config"]) == 2
