@@ -123,16 +123,38 @@ def bench_core(a) -> None:
               f"{'MET' if a.pairs / t_core >= 3000 and t_naive / t_core >= 1.7 else 'not met'}")
 
 
+def core_rate(blocks, model_dir: str, max_length: int) -> tuple[float, int]:
+    """pairs/s of annotate's whole per-block core (read + validate + tokenize + score + label, the same
+    functions the two Ray stages call) on ONE thread in this process: the unit of the ideal."""
+    import torch
+
+    from cwpo_ray.annotator.annotate import read_block, score_block, tokenize_block
+    from cwpo_ray.annotator.scoring import HFScorer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scorer = HFScorer(model_dir, max_length=max_length)
+        pairs, t0 = 0, time.perf_counter()
+        for b in blocks:
+            valid, _ = tokenize_block(read_block(b), scorer.tokenizer, max_length)
+            pairs += score_block(scorer, valid).num_rows
+        return pairs / (time.perf_counter() - t0), pairs
+    finally:
+        torch.set_num_threads(threads)
+
+
 def bench_e2e(a) -> None:
-    """End to end on Ray Data: synthetic pairs (PAIR_SCHEMA parquet) -> run_annotate -> labeled parquet."""
+    """End to end on Ray Data: synthetic pairs (PAIR_SCHEMA parquet) -> run_annotate -> labeled parquet,
+    against the ideal: (CPUs Ray has) × the one-thread core rate on the same blocks, in the same process."""
     import tempfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import ray
 
-    from cwpo_ray.annotator.annotate import run_annotate
+    from cwpo_ray.annotator.annotate import plan_blocks, run_annotate
     from cwpo_ray.annotator.config import AnnotateConfig
-    from cwpo_ray.annotator.scoring import HFScorer
     from cwpo_ray.config import RayConfig
     from cwpo_ray.runtime import init_ray
     from cwpo_ray.schema import PAIR_SCHEMA, pair_id
@@ -140,6 +162,7 @@ def bench_e2e(a) -> None:
     from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
 
     tmp = tempfile.mkdtemp(prefix="bench_annotate_")
+    t0 = time.time()
     paths = build_synthetic(SyntheticConfig(output_dir=f"{tmp}/syn", task=SyntheticTaskConfig(num_pairs=200))).paths
     rows = SyntheticTask(SyntheticTaskConfig(num_pairs=a.e2e_pairs, seed=1)).rows()
     table = pa.table({"pair_id": [pair_id(r["prompt"], r["response_a"], r["response_b"]) for r in rows],
@@ -147,23 +170,28 @@ def bench_e2e(a) -> None:
                       "response_b": [r["response_b"] for r in rows], "human_label": [r["human_label"] for r in rows],
                       "source": ["synthetic"] * len(rows)}, schema=PAIR_SCHEMA)
     os.makedirs(f"{tmp}/in")
-    pq.write_table(table, f"{tmp}/in/part-00000.parquet")
+    pq.write_table(table, f"{tmp}/in/part-00000.parquet", row_group_size=a.block_rows)
+    print(f"setup (synthetic models + {len(rows)} pairs) {time.time() - t0:.1f}s")
     t0 = time.time()
     init_ray(RayConfig())
-    print(f"ray start {time.time() - t0:.1f}s")
+    cpus = ray.cluster_resources().get("CPU", 0)
+    print(f"ray start {time.time() - t0:.1f}s, {cpus:g} CPUs")
     cfg = AnnotateConfig(model=paths.weak_base, input=f"{tmp}/in", output_dir=f"{tmp}/out", max_length=128,
-                         block_rows=a.block_rows, min_actors=1, max_actors=a.actors)
+                         block_rows=a.block_rows, min_actors=a.actors, max_actors=a.actors,
+                         cpus_per_actor=a.cpus_per_actor, tokenize_actors=a.tokenize_actors,
+                         cpus_per_tokenizer=a.cpus_per_tokenizer)
     t0 = time.time()
     s = run_annotate(cfg)
     wall = time.time() - t0
-    print(f"e2e Ray Data ({a.actors} actors max): {s.pairs} pairs in {wall:.1f}s wall = {s.pairs / wall:.0f} pairs/s "
+    e2e = s.pairs / wall
+    print(f"e2e Ray Data ({a.actors} scorer actors x {a.cpus_per_actor:g} CPU, {a.tokenize_actors} tokenizer x "
+          f"{a.cpus_per_tokenizer:g} CPU): {s.pairs} pairs in {wall:.1f}s wall = {e2e:.0f} pairs/s "
           f"(incl. actor start-up; stage-reported {s.pairs_per_s} pairs/s)")
-    sc = HFScorer(paths.weak_base, max_length=128)
-    t0 = time.time()
-    sc.score_texts(table.column("prompt").to_pylist() * 2,
-                   table.column("response_a").to_pylist() + table.column("response_b").to_pylist())
-    t = time.time() - t0
-    print(f"same texts, pure scorer core in this process (1 process): {len(rows) / t:.0f} pairs/s")
+    blocks = plan_blocks(f"{tmp}/in", a.block_rows)
+    core, n = core_rate(blocks[: max(1, -(-a.core_pairs // a.block_rows))], paths.weak_base, 128)
+    ideal = cpus * core
+    print(f"core on 1 thread, same blocks ({n} pairs): {core:.0f} pairs/s -> ideal on {cpus:g} CPUs {ideal:.0f} pairs/s")
+    print(f"e2e / ideal = {e2e / ideal:.2f}  (target >= 0.8)")
 
 
 def main() -> None:
@@ -181,8 +209,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--e2e", action="store_true", help="also run end to end through Ray Data (needs ray)")
     p.add_argument("--e2e-pairs", type=int, default=4000)
-    p.add_argument("--block-rows", type=int, default=1000)
+    p.add_argument("--block-rows", type=int, default=2048)
     p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--tokenize-actors", type=int, default=1)
+    p.add_argument("--cpus-per-tokenizer", type=float, default=1.0)
+    p.add_argument("--core-pairs", type=int, default=40000, help="pairs of the one-thread core measurement")
     a = p.parse_args()
     cuda = a.device.startswith("cuda")
     a.shape = a.shape or ("opt-125m" if cuda else "tiny")

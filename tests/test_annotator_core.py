@@ -129,3 +129,48 @@ def test_configs_fail_fast_naming_the_field():
         build_config(AnnotateConfig, {"min_actors": 3, "max_actors": 2})
     with pytest.raises(ConfigError, match=r"^config error: backend: "):
         build_config(AnnotateConfig, {"backend": "onnx"})
+
+
+def test_tokenize_and_label_block_equal_the_row_by_row_rules():
+    """annotate's Arrow core: the same quarantine reasons as validate_pair (+ too_long), the rows kept in
+    input order with their token ids, and labels equal to a row-by-row reference."""
+    import pyarrow as pa
+
+    from cwpo_ray.annotator.annotate import label_table, tokenize_block
+    from cwpo_ray.schema import PAIR_SCHEMA, PREFERENCE_SCHEMA, QUARANTINE_SCHEMA, validate_pair
+
+    class WordTokenizer:  # one id per word + a BOS: lengths are easy to reason about
+        def __call__(self, texts, **kw):
+            return {"input_ids": [[0] + [len(w) for w in t.split()] for t in texts]}
+
+    rows = [
+        {"pair_id": "ok1", "prompt": "p one", "response_a": " a b", "response_b": " c", "human_label": "a", "source": "s"},
+        {"pair_id": "empty", "prompt": "p", "response_a": " \u3000", "response_b": " c", "human_label": None, "source": "s"},
+        {"pair_id": "ok2", "prompt": "p two", "response_a": " x", "response_b": " y z", "human_label": None, "source": "t"},
+        {"pair_id": "same", "prompt": "p", "response_a": " c ", "response_b": "c", "human_label": "b", "source": "s"},
+        {"pair_id": "long", "prompt": "p", "response_a": " w" * 9, "response_b": " c", "human_label": "b", "source": "s"},
+        {"pair_id": "ok3", "prompt": "p", "response_a": " q", "response_b": " r", "human_label": "b", "source": "s"},
+    ]
+    valid, q = tokenize_block(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), WordTokenizer(), max_length=6)
+    assert q.schema == QUARANTINE_SCHEMA
+    assert q.column("reason").to_pylist() == ["empty_field:response_a", "identical_responses", "too_long"]
+    assert q.column("detail").to_pylist()[2] == "pair_id=long tokens=11 > max_length=6"
+    assert [validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"]) for r in rows[1:4:2]] == \
+        q.column("reason").to_pylist()[:2]
+    assert valid.column("pair_id").to_pylist() == ["ok1", "ok2", "ok3"]
+    assert valid.column("ids_a").to_pylist() == [[0, 1, 3, 1, 1], [0, 1, 3, 1], [0, 1, 1]]
+
+    score_a, score_b = np.array([0.5, -1.0, 2.0]), np.array([0.25, 1.0, 2.0])  # a wins, b wins, tie (a)
+    got = label_table(valid, score_a, score_b)
+    assert got.schema == PREFERENCE_SCHEMA
+    ref = []
+    for r, sa, sb in zip(valid.to_pylist(), score_a, score_b):
+        a_wins = sa >= sb
+        ref.append({"chosen": r["response_a"] if a_wins else r["response_b"],
+                    "rejected": r["response_b"] if a_wins else r["response_a"],
+                    "confidence": 2 * (1 / (1 + math.exp(-abs(sa - sb))) - 0.5),
+                    "human_label_agrees": None if r["human_label"] is None else (r["human_label"] == "a") == a_wins})
+    for k in ("chosen", "rejected", "human_label_agrees"):
+        assert got.column(k).to_pylist() == [x[k] for x in ref]
+    np.testing.assert_allclose(got.column("confidence").to_numpy(), [x["confidence"] for x in ref], rtol=1e-6)
+    assert got.column("human_label_agrees").to_pylist() == [True, None, False]

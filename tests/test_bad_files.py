@@ -192,7 +192,7 @@ def test_prepare_keeps_duplicates_when_asked(ray_session, tmp_path):
 
 # --------------------------------------------------------------------------------------------- annotate
 def test_annotate_quarantines_bad_files(ray_session, tmp_path):
-    from cwpo_ray.annotator.annotate import ScorerActor, format_annotate, run_annotate
+    from cwpo_ray.annotator.annotate import ScorerActor, TokenizeBlocks, format_annotate, run_annotate
     from cwpo_ray.annotator.config import AnnotateConfig
 
     class WordTokenizer:
@@ -200,14 +200,16 @@ def test_annotate_quarantines_bad_files(ray_session, tmp_path):
             return {"input_ids": [list(range(len(t.split()))) for t in texts]}
 
     class FakeScorer:
-        tokenizer = WordTokenizer()
-
         def score_ids(self, ids):
             return np.array([len(x) for x in ids], np.float32)
 
     class FakeScorerActor(ScorerActor):  # the stage's Ray Data plumbing, without a model
         def __init__(self, c: dict):
             self.c, self.scorer = c, FakeScorer()
+
+    class FakeTokenize(TokenizeBlocks):
+        def __init__(self, c: dict):
+            self.c, self.tokenizer = c, WordTokenizer()
 
     good = [pa.Table.from_pylist(pair_rows(25), schema=PAIR_SCHEMA), pa.Table.from_pylist(pair_rows(15, 25), schema=PAIR_SCHEMA)]
     # a wrong-schema file: annotate's own output (prompt/chosen/rejected) given back as input
@@ -218,10 +220,10 @@ def test_annotate_quarantines_bad_files(ray_session, tmp_path):
     cfg = build_config(AnnotateConfig, {"model": str(model), "input": f["dir"], "output_dir": str(out),
                                         "min_actors": 1, "max_actors": 1, "max_length": 64})
     with pytest.raises(ConfigError) as e:
-        run_annotate(cfg.model_copy(update={"on_bad_file": "fail"}), actor_cls=FakeScorerActor)
+        run_annotate(cfg.model_copy(update={"on_bad_file": "fail"}), actor_cls=FakeScorerActor, tokenize_cls=FakeTokenize)
     assert_one_line_naming(e, "part-t.parquet")
     assert not os.path.exists(out / "preferences")
-    s = run_annotate(cfg, actor_cls=FakeScorerActor)
+    s = run_annotate(cfg, actor_cls=FakeScorerActor, tokenize_cls=FakeTokenize)
     print(format_annotate(s))
     assert s.pairs == s.unique_pair_ids == 40 and s.quarantined == 0 and s.blocks == 2
     assert s.files_quarantined == 2 and s.quarantine_reasons == {"unreadable_file": 1, "missing_columns": 1}
@@ -229,7 +231,7 @@ def test_annotate_quarantines_bad_files(ray_session, tmp_path):
     assert "bad input files: 2" in format_annotate(s)
     # a file without the optional human_label / source columns is fine: read as null
     pq.write_table(pa.Table.from_pylist(pair_rows(5, 40)).drop_columns(["human_label", "source"]), f"{f['dir']}/part-2.parquet")
-    s2 = run_annotate(cfg, actor_cls=FakeScorerActor)
+    s2 = run_annotate(cfg, actor_cls=FakeScorerActor, tokenize_cls=FakeTokenize)
     assert s2.pairs == 45 and s2.blocks_skipped == 2 and s2.files_quarantined == 2
 
 

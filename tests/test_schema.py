@@ -52,3 +52,24 @@ def test_quarantine_row_and_table():
     assert t.to_pylist() == [{"source": "a", "reason": "r1", "detail": "d1", "raw": "x"},
                              {"source": "b", "reason": "r2", "detail": "", "raw": None}]
     assert quarantine_table([]).num_rows == 0 and quarantine_table([]).schema.equals(QUARANTINE_SCHEMA)
+
+
+def test_pair_reasons_equal_the_row_rule_on_every_combination():
+    """The Arrow rules (annotate's vectorized validation) give validate_pair's reason for every row:
+    all combinations of tricky texts (Unicode spaces Python strips, U+FFFD, nulls) and labels."""
+    import itertools
+
+    import pyarrow as pa
+
+    from cwpo_ray.schema import PAIR_SCHEMA, pair_reasons
+
+    texts = ["ok", "", " ", "\x1c", "\x85", "\u3000x", "a\ufffd", None, "x ", " x", "\u200b", "\xa0"]
+    rows = [{"pair_id": "i", "prompt": p, "response_a": a, "response_b": b, "human_label": lab, "source": "s"}
+            for p, a, b, lab in itertools.product(texts, texts, texts, [None, "a", "b", "c", ""])]
+    schema = pa.schema([f.with_nullable(True) for f in PAIR_SCHEMA])
+    got = pair_reasons(pa.Table.from_pylist(rows, schema=schema)).to_pylist()
+    want = [validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"]) for r in rows]
+    assert len(got) == len(rows) == 8640
+    assert got == want
+    assert {w for w in want} >= {None, "null_field:prompt", "empty_field:response_a", "bad_utf8:response_b",
+                                 "identical_responses", "bad_label"}

@@ -1,11 +1,17 @@
 """`cwpo annotate`: label unlabeled pairs with the weak annotator on a Ray Data actor pool.
 
 The input parquet is cut into *blocks* (row ranges of row groups, ``block_rows`` rows each) by reading
-only parquet metadata. Ray Data streams the block descriptors through ``map_batches(ScorerActor,
-compute=ActorPoolStrategy(min_actors, max_actors))``: each actor loads the scorer once, reads its
-block's rows lazily, quarantines bad rows with a reason, tokenizes, scores (length-sorted batches), and
-writes ``{output_dir}/preferences/{block}.parquet`` atomically (temp file + rename; the quarantine file is
-written first). Hence:
+only parquet metadata. Ray Data streams the block descriptors through two stages:
+
+1. ``TokenizeBlocks`` (CPU actors, ``tokenize_actors``): read the block's rows, validate them in Arrow
+   compute (bad rows are quarantined with a reason), tokenize the rest;
+2. ``ScorerActor`` (the GPU pool, ``min_actors..max_actors``): each actor loads the scorer once, scores
+   the tokenized pairs (length-sorted batches), labels them in Arrow compute and writes
+   ``{output_dir}/preferences/{block}.parquet`` atomically (temp file + rename; the quarantine file is
+   written first).
+
+Ray Data's streaming executor overlaps them: tokenization never runs on the accelerator's critical
+path. Hence:
 
 * resumable: a re-run skips blocks whose output exists (``overwrite=true`` starts over);
 * fault tolerant: Ray Data restarts a killed actor and retries its block; a retried block rewrites the
@@ -25,6 +31,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cwpo_ray import console, io
@@ -33,7 +40,7 @@ from cwpo_ray.annotator.losses import confidence, orient
 from cwpo_ray.config import ConfigError, require
 from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, quarantine_lines, write_bad_files
 from cwpo_ray.results import AnnotateResult, write_result
-from cwpo_ray.schema import PAIR_SCHEMA, PREFERENCE_SCHEMA, quarantine_row, quarantine_table, validate_pair
+from cwpo_ray.schema import PAIR_SCHEMA, PREFERENCE_SCHEMA, pair_reasons, quarantine_row, quarantine_table
 
 log = logging.getLogger(__name__)
 STATE_FILE = "annotate_state.json"
@@ -94,53 +101,72 @@ def read_block(block: dict) -> pa.Table:
     return t.select(PAIR_SCHEMA.names)
 
 
-def split_valid(table: pa.Table, tokenizer, max_length: int):
-    """(rows to score + their token ids, quarantine rows). Reasons: schema.validate_pair's, or
-    ``too_long`` (over ``max_length``; scoring a truncated text would judge a different pair)."""
+def tokenize_block(table: pa.Table, tokenizer, max_length: int) -> tuple[pa.Table, pa.Table]:
+    """(rows to score with their token ids, quarantine rows): the CPU half of annotate, in Arrow.
+
+    Validation is :func:`schema.pair_reasons` (Arrow compute, no per-row Python); bad rows go to the
+    quarantine table with their reason. The rest are tokenized as ``prompt + response`` in one batch call
+    per response (:func:`scoring.encode_texts`, no truncation), and a pair with a text over
+    ``max_length`` tokens is quarantined as ``too_long`` (scoring a truncated text would judge a
+    different pair). The first table is PAIR_SCHEMA plus ``ids_a`` / ``ids_b`` (list<int32>)."""
     from cwpo_ray.annotator.scoring import encode_texts
 
-    rows, quarantine = [], []
-    for r in table.to_pylist():
-        reason = validate_pair(r["prompt"], r["response_a"], r["response_b"], r["human_label"])
-        if reason:
-            quarantine.append(quarantine_row(r.get("source"), reason, f"pair_id={r.get('pair_id')}",
-                                             json.dumps(r, ensure_ascii=False, default=str)))
-        else:
-            rows.append(r)
-    if not rows:
-        return [], [], [], quarantine
-    prompts = [r["prompt"] for r in rows]
-    ids_a, _ = encode_texts(tokenizer, prompts, [r["response_a"] for r in rows], 10**9)
-    ids_b, _ = encode_texts(tokenizer, prompts, [r["response_b"] for r in rows], 10**9)
-    keep = []
-    for i, r in enumerate(rows):
-        n = max(len(ids_a[i]), len(ids_b[i]))
-        if n > max_length:
-            quarantine.append(quarantine_row(r.get("source"), "too_long",
-                                             f"pair_id={r['pair_id']} tokens={n} > max_length={max_length}",
-                                             json.dumps(r, ensure_ascii=False, default=str)))
-        else:
-            keep.append(i)
-    return [rows[i] for i in keep], [ids_a[i] for i in keep], [ids_b[i] for i in keep], quarantine
+    reasons = pair_reasons(table)
+    bad = pc.is_valid(reasons)
+    quarantine = _quarantine(table.filter(bad), reasons.filter(bad).to_pylist(), None)
+    ok = table.filter(pc.invert(bad))
+    prompts = ok.column("prompt").to_pylist()
+    ids_a, _ = encode_texts(tokenizer, prompts, ok.column("response_a").to_pylist(), 10**9)
+    ids_b, _ = encode_texts(tokenizer, prompts, ok.column("response_b").to_pylist(), 10**9)
+    n = np.maximum(np.fromiter(map(len, ids_a), np.int64, len(ids_a)), np.fromiter(map(len, ids_b), np.int64, len(ids_b)))
+    long = n > max_length
+    if long.any():
+        details = [f"pair_id={pid} tokens={k} > max_length={max_length}"
+                   for pid, k in zip(ok.column("pair_id").filter(pa.array(long)).to_pylist(), n[long])]
+        quarantine = pa.concat_tables([quarantine, _quarantine(ok.filter(pa.array(long)), ["too_long"] * len(details), details)])
+    keep = ~long
+    ids_type = pa.list_(pa.int32())
+    valid = ok.filter(pa.array(keep))
+    valid = valid.append_column("ids_a", pa.array([x for x, k in zip(ids_a, keep) if k], ids_type))
+    valid = valid.append_column("ids_b", pa.array([x for x, k in zip(ids_b, keep) if k], ids_type))
+    return valid, quarantine
 
 
-def label_rows(rows: list[dict], score_a: np.ndarray, score_b: np.ndarray) -> pa.Table:
-    """PREFERENCE_SCHEMA table: chosen = the higher-scored response, confidence = 2·(σ(Δ) − ½)."""
+def _quarantine(rows: pa.Table, reasons: list[str], details: list[str] | None) -> pa.Table:
+    """QUARANTINE_SCHEMA rows for ``rows`` (the few bad ones: per-row Python is fine here)."""
+    out = []
+    for i, r in enumerate(rows.select(PAIR_SCHEMA.names).to_pylist()):
+        detail = details[i] if details else f"pair_id={r.get('pair_id')}"
+        out.append(quarantine_row(r.get("source"), reasons[i], detail, json.dumps(r, ensure_ascii=False, default=str)))
+    return quarantine_table(out)
+
+
+def label_table(valid: pa.Table, score_a: np.ndarray, score_b: np.ndarray) -> pa.Table:
+    """PREFERENCE_SCHEMA table, in Arrow: chosen = the higher-scored response (ties: a), confidence =
+    2·(σ(Δ) − ½), human_label_agrees = (human label == chosen side), null without a human label."""
     a_wins, s_c, s_r = orient(score_a, score_b)
     conf = confidence(s_c, s_r).numpy()
-    a_wins = a_wins.numpy()
-    cols = {k: [] for k in PREFERENCE_SCHEMA.names}
-    for i, r in enumerate(rows):
-        cols["pair_id"].append(r["pair_id"])
-        cols["prompt"].append(r["prompt"])
-        cols["chosen"].append(r["response_a"] if a_wins[i] else r["response_b"])
-        cols["rejected"].append(r["response_b"] if a_wins[i] else r["response_a"])
-        hl = r.get("human_label")
-        cols["human_label_agrees"].append(None if hl is None else bool((hl == "a") == a_wins[i]))
-    cols["score_chosen"] = s_c.numpy().astype(np.float32)
-    cols["score_rejected"] = s_r.numpy().astype(np.float32)
-    cols["confidence"] = conf.astype(np.float32)
-    return pa.table(cols, schema=PREFERENCE_SCHEMA)
+    aw = pa.array(a_wins.numpy())
+    a, b = valid.column("response_a"), valid.column("response_b")
+    return pa.table({
+        "pair_id": valid.column("pair_id"),
+        "prompt": valid.column("prompt"),
+        "chosen": pc.if_else(aw, a, b),
+        "rejected": pc.if_else(aw, b, a),
+        "score_chosen": s_c.numpy().astype(np.float32),
+        "score_rejected": s_r.numpy().astype(np.float32),
+        "confidence": conf.astype(np.float32),
+        "human_label_agrees": pc.equal(pc.equal(valid.column("human_label"), "a"), aw),
+    }, schema=PREFERENCE_SCHEMA)
+
+
+def score_block(scorer, valid: pa.Table) -> pa.Table:
+    """The accelerator half of annotate: score both responses of every pair, then label them."""
+    n = valid.num_rows
+    if not n:
+        return PREFERENCE_SCHEMA.empty_table()
+    scores = scorer.score_ids(valid.column("ids_a").to_pylist() + valid.column("ids_b").to_pylist())
+    return label_table(valid, scores[:n], scores[n:])
 
 
 def write_atomic(table: pa.Table, uri: str) -> None:
@@ -159,8 +185,44 @@ def block_output(output_dir: str, key: str) -> str:
 HF_ONLY = ("max_batch_tokens", "max_batch_size", "compile")  # AnnotateConfig fields of the HF backend only
 
 
+def _nest(t: pa.Table) -> pa.Array:
+    """A table as one list<struct> value: a block's rows travel as one row of the Ray Data stream, so
+    block boundaries (the unit of output files and resume) survive between the two stages."""
+    return pa.ListArray.from_arrays(pa.array([0, t.num_rows], pa.int32()), t.to_struct_array().combine_chunks())
+
+
+def _unnest(v: pa.ChunkedArray, i: int) -> pa.Table:
+    return pa.Table.from_struct_array(v[i].values)
+
+
+class TokenizeBlocks:
+    """Ray Data callable class, the CPU stage before the scorer pool: read each block, validate it and
+    tokenize it (:func:`tokenize_block`). It holds only the tokenizer and writes nothing (a retried task
+    has no side effect); its output row per block carries the rows to score and the quarantine rows."""
+
+    def __init__(self, c: dict):
+        from cwpo_ray.annotator.scoring import load_tokenizer
+
+        self.c = c
+        self.tokenizer = load_tokenizer(c["model"], c["trust_remote_code"])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = {"key": [], "rows": [], "valid": [], "quarantine": []}
+        for block in batch.to_pylist():
+            table = read_block(block)
+            valid, quarantine = tokenize_block(table, self.tokenizer, self.c["max_length"])
+            out["key"].append(block["key"])
+            out["rows"].append(table.num_rows)
+            out["valid"].append(_nest(valid))
+            out["quarantine"].append(_nest(quarantine))
+        return pa.table({"key": out["key"], "rows": pa.array(out["rows"], pa.int64()),
+                         "valid": pa.concat_arrays(out["valid"]), "quarantine": pa.concat_arrays(out["quarantine"])})
+
+
 class ScorerActor:
-    """Ray Data callable class: one scorer per actor; each call handles whole blocks (batch_size=1)."""
+    """Ray Data callable class on the accelerator: one scorer per actor; scores the tokenized blocks it
+    is given (:func:`score_block`) and writes each block's files, the quarantine file first and the
+    labeled file last (its presence marks the block done)."""
 
     def __init__(self, c: dict):
         from cwpo_ray.annotator.scoring import make_scorer
@@ -170,26 +232,28 @@ class ScorerActor:
         self.scorer = make_scorer(c["backend"], c["model"], max_length=c["max_length"], dtype=c["dtype"],
                                   trust_remote_code=c["trust_remote_code"], **hf_only)
 
-    def process_block(self, block: dict) -> dict:
-        t0 = time.time()
-        table = read_block(block)
-        rows, ids_a, ids_b, quarantine = split_valid(table, self.scorer.tokenizer, self.c["max_length"])
-        scores = self.scorer.score_ids(ids_a + ids_b) if rows else np.empty(0, np.float32)
-        labeled = label_rows(rows, scores[: len(rows)], scores[len(rows):])
-        qpath = io.join(self.c["output_dir"], "quarantine", f"{block['key']}.parquet")
-        if quarantine:
-            write_atomic(quarantine_table(quarantine), qpath)
+    def write_block(self, key: str, valid: pa.Table, quarantine: pa.Table) -> int:
+        labeled = score_block(self.scorer, valid)
+        qpath = io.join(self.c["output_dir"], "quarantine", f"{key}.parquet")
+        if quarantine.num_rows:
+            write_atomic(quarantine, qpath)
         elif io.exists(qpath):  # a stale file from an earlier run of this block
             io.rmtree(qpath)
-        write_atomic(labeled, block_output(self.c["output_dir"], block["key"]))  # last: marks the block done
-        return {"key": block["key"], "rows": table.num_rows, "pairs": labeled.num_rows,
-                "quarantined": len(quarantine), "seconds": time.time() - t0}
+        write_atomic(labeled, block_output(self.c["output_dir"], key))  # last: marks the block done
+        return labeled.num_rows
 
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["key"])
-        blocks = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()} for i in range(n)]
-        outs = [self.process_block(b) for b in blocks]
-        return {k: np.array([o[k] for o in outs]) for k in outs[0]}
+    def __call__(self, batch: pa.Table) -> dict:
+        out = {"key": [], "rows": [], "pairs": [], "quarantined": [], "seconds": []}
+        for i in range(batch.num_rows):
+            t0 = time.time()
+            key = batch.column("key")[i].as_py()
+            quarantine = _unnest(batch.column("quarantine"), i)
+            out["pairs"].append(self.write_block(key, _unnest(batch.column("valid"), i), quarantine))
+            out["key"].append(key)
+            out["rows"].append(batch.column("rows")[i].as_py())
+            out["quarantined"].append(quarantine.num_rows)
+            out["seconds"].append(time.time() - t0)
+        return {k: np.array(v) for k, v in out.items()}
 
 
 def summarize_output(output_dir: str, hist_bins: int) -> dict:
@@ -245,10 +309,10 @@ def _check_state(cfg: AnnotateConfig, input_path: str) -> None:
     io.write_text(path, json.dumps(state, indent=2))
 
 
-def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> AnnotateResult:
+def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor, tokenize_cls: type = TokenizeBlocks) -> AnnotateResult:
     """Annotate ``input`` (or ``{data_dir}/unlabeled``) into ``{output_dir}/preferences``; returns the summary.
 
-    ``actor_cls``: the Ray Data callable class (a subclass of :class:`ScorerActor` in tests)."""
+    ``actor_cls`` / ``tokenize_cls``: the two stages' Ray Data callable classes (subclasses in tests)."""
     import ray
 
     from cwpo_ray.annotator.metrics import confidence_histogram
@@ -277,7 +341,11 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor) -> Annotate
     if todo:
         c = cfg.model_dump(mode="json")
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map_batches(actor_cls, fn_constructor_kwargs={"c": c}, batch_size=1,
+        # CPU stage: read + validate + tokenize, overlapped with scoring (off the accelerator's critical path)
+        ds = ds.map_batches(tokenize_cls, fn_constructor_kwargs={"c": c}, batch_size=1, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=min(cfg.tokenize_actors, len(todo))),
+                            num_cpus=cfg.cpus_per_tokenizer)
+        ds = ds.map_batches(actor_cls, fn_constructor_kwargs={"c": c}, batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, len(todo)),
                                                                max_size=min(cfg.max_actors, len(todo))),
                             num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
@@ -334,5 +402,5 @@ def format_annotate(s: AnnotateResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_annotate", "format_annotate", "ScorerActor", "plan_blocks", "read_block", "split_valid",
-           "label_rows", "summarize_output"]
+__all__ = ["run_annotate", "format_annotate", "ScorerActor", "TokenizeBlocks", "plan_blocks", "read_block",
+           "tokenize_block", "label_table", "score_block", "summarize_output"]

@@ -63,6 +63,9 @@ class AnnotateConfig(StrictModel):
     max_actors: int = Field(default=2, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0.0)  # 1 on GPU clusters
     cpus_per_actor: float = Field(default=1.0, gt=0.0)
+    # The CPU stage before the scorer pool (read + validate + tokenize): its actors and CPUs per actor
+    tokenize_actors: int = Field(default=1, gt=0)
+    cpus_per_tokenizer: float = Field(default=1.0, gt=0.0)
     overwrite: bool = False  # False: resume (skip finished blocks); True: start over
     hist_bins: int = Field(default=20, gt=1)
     trust_remote_code: bool = False
