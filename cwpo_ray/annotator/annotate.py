@@ -343,7 +343,7 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor, tokenize_cl
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         # CPU stage: read + validate + tokenize, overlapped with scoring (off the accelerator's critical path)
         ds = ds.map_batches(tokenize_cls, fn_constructor_kwargs={"c": c}, batch_size=1, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=min(cfg.tokenize_actors, len(todo))),
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(cfg.tokenize_actors, len(todo))),
                             num_cpus=cfg.cpus_per_tokenizer)
         ds = ds.map_batches(actor_cls, fn_constructor_kwargs={"c": c}, batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, len(todo)),

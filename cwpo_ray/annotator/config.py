@@ -63,7 +63,8 @@ class AnnotateConfig(StrictModel):
     max_actors: int = Field(default=2, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0.0)  # 1 on GPU clusters
     cpus_per_actor: float = Field(default=1.0, gt=0.0)
-    # The CPU stage before the scorer pool (read + validate + tokenize): its actors and CPUs per actor
+    # The CPU stage before the scorer pool (read + validate + tokenize): at most this many actors (Ray Data
+    # adds them while blocks wait; one CPU tokenizes ~15k texts/s, so raise it with many GPU actors)
     tokenize_actors: int = Field(default=1, gt=0)
     cpus_per_tokenizer: float = Field(default=1.0, gt=0.0)
     overwrite: bool = False  # False: resume (skip finished blocks); True: start over
