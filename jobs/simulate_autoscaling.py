@@ -115,7 +115,7 @@ class FakeCluster:
                f"--autoscaling-config={self.config_path}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
                "--include-dashboard=false", f"--dashboard-port={_free_port()}", "--disable-usage-stats", "--object-store-memory=268435456",
                f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-               f"--min-worker-port={20000 + self.port % 1000 * 10}", f"--max-worker-port={20000 + self.port % 1000 * 10 + 9999}"]
+               "--min-worker-port=0", "--max-worker-port=0"]  # workers on random free ports, like the fake nodes
         env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         self.cmd = " ".join(cmd)
         self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
