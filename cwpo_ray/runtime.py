@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 
 from cwpo_ray.config import RayConfig
@@ -65,12 +66,52 @@ def init_ray(cfg: RayConfig | None = None):
 
 # ---- one device / dtype resolution and one vLLM-on-CPU environment for every stage -------------------
 def local_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; anything else is kept."""
+    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; anything else is kept. ``cpu``
+    although Ray assigned this process a GPU logs one warning (:func:`warn_gpu_fallback`)."""
     if device != "auto":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    warn_gpu_fallback()
+    return "cpu"
+
+
+def gpu_fallback_message(gpu_ids: list, cuda_available: bool) -> str | None:
+    """The warning for a process that Ray gave GPUs (``gpu_ids``: ``ray.get_gpu_ids()``) but where torch
+    sees no CUDA device (a simulated GPU node of Ray's fake multi-node cluster, a CPU-only torch, a broken
+    driver); None when there is nothing to fall back from."""
+    if cuda_available or not gpu_ids:
+        return None
+    ids = ",".join(str(i) for i in gpu_ids)
+    return (f"GPU fallback: Ray assigned GPU {ids} to this process but torch sees no CUDA device; "
+            "computing on CPU")
+
+
+_warned_fallback = False
+
+
+def warn_gpu_fallback() -> bool:
+    """Log :func:`gpu_fallback_message` once per process when it applies (this process holds Ray GPUs and
+    torch has no CUDA); True when this process falls back."""
+    global _warned_fallback
+    import torch
+
+    try:
+        import ray
+
+        gpu_ids = list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:  # outside a Ray worker / driver: nothing was assigned
+        gpu_ids = []
+    msg = gpu_fallback_message(gpu_ids, torch.cuda.is_available())
+    if msg and not _warned_fallback:
+        _warned_fallback = True
+        if log.hasHandlers():
+            log.warning(msg)
+        else:  # a bare Ray worker process: one line on its stderr (its log file; forwarded to the driver)
+            print(f"WARNING {msg}", file=sys.stderr, flush=True)
+    return msg is not None
 
 
 def cluster_device(device: str = "auto") -> str:

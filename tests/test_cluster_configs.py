@@ -11,7 +11,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"
-LAUNCHER = sorted(CLUSTER.glob("*.yaml"))
+FAKE = CLUSTER / "fake_autoscaling.yaml"  # Ray's fake multi-node provider: a one-machine rehearsal
+LAUNCHER = sorted(p for p in CLUSTER.glob("*.yaml") if p != FAKE)
 KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 ALL_FILES = sorted(p for p in CLUSTER.rglob("*") if p.is_file()) + sorted((REPO / "jobs").glob("runtime_env*.yaml"))
 
@@ -22,6 +23,30 @@ def _docs(path: Path) -> list[dict]:
 
 def test_files_present():
     assert {p.name for p in LAUNCHER} == {"aws.yaml", "gcp.yaml"}
+    assert FAKE.exists()
+
+
+def test_fake_cluster_mirrors_aws_node_types():
+    """cluster/fake_autoscaling.yaml passes Ray's schema, uses the fake provider, and has aws.yaml's worker
+    types (same names, same GPU counts, all from zero) under a CPU head, with a short idle timeout.
+    (Ray's prepare_config cannot be used: the wheel lacks the fake provider's defaults file, so the file
+    spells out every field itself; the autoscaler's monitor validates it with validate_config.)"""
+    from ray.autoscaler._private.util import validate_config
+
+    fake = yaml.safe_load(FAKE.read_text())
+    validate_config(fake)
+    aws = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    assert fake["provider"]["type"] == "fake_multinode"
+    types = fake["available_node_types"]
+    assert fake["head_node_type"] == "ray.head.default"  # the name the fake provider gives its head
+    assert types["ray.head.default"]["resources"].get("GPU", 0) == 0
+    workers = {k: v for k, v in types.items() if k != fake["head_node_type"]}
+    aws_workers = {k: v for k, v in aws["available_node_types"].items() if k != aws["head_node_type"]}
+    assert set(workers) == set(aws_workers)
+    for name, t in workers.items():
+        assert t["min_workers"] == 0 and t["max_workers"] >= 1
+        assert t["resources"].get("GPU", 0) == aws_workers[name]["resources"].get("GPU", 0), name
+    assert 0 < fake["idle_timeout_minutes"] <= 1
     assert {p.name for p in KUBERAY} >= {"raycluster.yaml", "rayjob.yaml"}
 
 

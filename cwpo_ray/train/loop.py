@@ -97,8 +97,13 @@ class Recipe:
         self.hooks = list(config.get("hooks") or [])
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        # Ray's device for this worker (cuda:<its GPU> with use_gpu), or CPU, saying so, where Ray gave the
+        # worker a GPU that torch cannot see (a simulated GPU node; the process group is gloo there too).
+        self.device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cpu":
+            from cwpo_ray.runtime import warn_gpu_fallback
+
+            warn_gpu_fallback()
             torch.set_num_threads(max(1, int(self.cfg.cpus_per_worker)))
         cfg = self.cfg
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")

@@ -129,8 +129,11 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
         io.rmtree(io.join(storage, "ray_train", task.name))
     logger = MetricsLogger(out)
     logger.start(fresh=not cfg.resume)
+    from cwpo_ray.train.backend import DeviceAwareTorchConfig
+
     trainer = TorchTrainer(
         train_loop_per_worker,
+        torch_config=DeviceAwareTorchConfig(),  # NCCL on CUDA workers, gloo on GPU workers without CUDA
         train_loop_config={"task": task, "cfg": cfg.model_dump(mode="json"), "rows": rows, "hooks": list(worker_hooks or [])},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
