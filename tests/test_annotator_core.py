@@ -174,3 +174,8 @@ def test_tokenize_and_label_block_equal_the_row_by_row_rules():
         assert got.column(k).to_pylist() == [x[k] for x in ref]
     np.testing.assert_allclose(got.column("confidence").to_numpy(), [x["confidence"] for x in ref], rtol=1e-6)
     assert got.column("human_label_agrees").to_pylist() == [True, None, False]
+
+    # a block of bad rows only: all quarantined, nothing to tokenize or score
+    valid, q = tokenize_block(pa.Table.from_pylist(rows[1:2] + rows[3:4], schema=PAIR_SCHEMA), WordTokenizer(), max_length=6)
+    assert valid.num_rows == 0 and valid.column_names[-2:] == ["ids_a", "ids_b"] and q.num_rows == 2
+    assert label_table(valid, np.empty(0), np.empty(0)).num_rows == 0

@@ -115,6 +115,10 @@ def tokenize_block(table: pa.Table, tokenizer, max_length: int) -> tuple[pa.Tabl
     bad = pc.is_valid(reasons)
     quarantine = _quarantine(table.filter(bad), reasons.filter(bad).to_pylist(), None)
     ok = table.filter(pc.invert(bad))
+    ids_type = pa.list_(pa.int32())
+    if not ok.num_rows:  # a block of bad rows only (a tokenizer cannot be called on no texts)
+        empty = pa.array([], ids_type)
+        return ok.append_column("ids_a", empty).append_column("ids_b", empty), quarantine
     prompts = ok.column("prompt").to_pylist()
     ids_a, _ = encode_texts(tokenizer, prompts, ok.column("response_a").to_pylist(), 10**9)
     ids_b, _ = encode_texts(tokenizer, prompts, ok.column("response_b").to_pylist(), 10**9)
@@ -125,7 +129,6 @@ def tokenize_block(table: pa.Table, tokenizer, max_length: int) -> tuple[pa.Tabl
                    for pid, k in zip(ok.column("pair_id").filter(pa.array(long)).to_pylist(), n[long])]
         quarantine = pa.concat_tables([quarantine, _quarantine(ok.filter(pa.array(long)), ["too_long"] * len(details), details)])
     keep = ~long
-    ids_type = pa.list_(pa.int32())
     valid = ok.filter(pa.array(keep))
     valid = valid.append_column("ids_a", pa.array([x for x, k in zip(ids_a, keep) if k], ids_type))
     valid = valid.append_column("ids_b", pa.array([x for x, k in zip(ids_b, keep) if k], ids_type))
