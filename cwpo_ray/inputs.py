@@ -82,7 +82,8 @@ def _one_line(text: str) -> str:
 def list_files(path: str, suffixes: tuple[str, ...] = (".parquet",), what: str = "input") -> list[str]:
     """Sorted files of ``path`` (a file, or a folder searched recursively for ``suffixes``). Like Ray Data
     and Arrow datasets, names starting with ``.`` or ``_`` inside a folder are skipped. A path that does
-    not exist is a config error (not a bad file)."""
+    not exist, or storage that cannot be reached, is a config error (not a bad file)."""
+    io.check_storage(path, what, must_exist=True)
     fs, p = io.resolve(path)
     info = fs.get_file_info(p)
     if info.type == pafs.FileType.NotFound:

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from cwpo_ray import console
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
-from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, TrackingConfig, Weighting, dump_config, updated
+from cwpo_ray.config import TOP_FRACTION, LocalPath, Loss, RayConfig, StrictModel, TrackingConfig, Weighting, dump_config, updated
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.generate.config import GenerateConfig
 from cwpo_ray.layout import RunLayout
@@ -69,7 +69,7 @@ def _default_methods() -> dict[str, MethodSpec]:
 
 
 class PipelineConfig(StrictModel):
-    run_dir: str = "runs/pipeline"
+    run_dir: LocalPath = "runs/pipeline"
     ray: RayConfig = Field(default_factory=RayConfig)
     # The embedded synthetic task; null (and prepare.sources) to run on real data.
     synthetic: SyntheticConfig | None = Field(default_factory=SyntheticConfig)

@@ -327,6 +327,7 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor, tokenize_cl
     cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),
                                  "input": local_abspath(cfg.input), "output_dir": local_abspath(cfg.output_dir)})
     input_path = cfg.input or io.join(cfg.data_dir, "unlabeled")
+    io.check_storage(cfg.output_dir, "output_dir")
     # Every input file is checked from its parquet footer before any compute: a truncated / non-parquet
     # file or one without the pair columns is quarantined whole (or, on_bad_file=fail, stops the run here).
     check = check_inputs(input_path, REQUIRED_COLUMNS, COLUMN_TYPES, on_bad_file=cfg.on_bad_file, what="input")

@@ -150,6 +150,8 @@ def generate_many(prompts: list[str], models: dict[str, tuple[str, SamplingConfi
 def run_generate(cfg: GenerateConfig) -> GenerateResult:
     """Run the stage; returns (and writes to ``summary.json``) counts, throughput and backend used."""
     require(cfg, "model", "prompts_path", "output_dir")
+    io.check_storage(cfg.output_dir, "output_dir")
+    io.check_storage(cfg.prompts_path, "prompts_path", must_exist=True)
     init_ray(cfg.ray)
     t_start = time.time()
     for sub in ("candidates", "pairs", "quarantine"):

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from cwpo_ray import io
-from cwpo_ray.config import ConfigError, StrictModel
+from cwpo_ray.config import ConfigError, LocalPath, StrictModel
 from cwpo_ray.results import StageResult, write_result
 from cwpo_ray.schema import PREFERENCE_SCHEMA
 
@@ -55,11 +55,11 @@ class PushConfig(StrictModel):
 class ExportConfig(StrictModel):
     """What to export: a pipeline run folder, or explicit paths (which override the run folder's)."""
 
-    run_dir: str | None = None  # a `cwpo pipeline` / `cwpo demo` run folder (local)
+    run_dir: LocalPath | None = None  # a `cwpo pipeline` / `cwpo demo` run folder (local)
     preferences: str | None = None  # annotate's preferences parquet (default {run_dir}/annotated/preferences; URI ok)
     annotator: str | None = None  # the annotator's HF folder (default {run_dir}/annotator/model)
     students: dict[str, str] | None = None  # method -> HF folder (default: every {run_dir}/align/<method>/model)
-    output_dir: str | None = None  # local folder (default {run_dir}/export)
+    output_dir: LocalPath | None = None  # local folder (default {run_dir}/export)
     push: PushConfig = Field(default_factory=PushConfig)
 
 

@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from cwpo_ray.config import RayConfig, StrictModel
+from cwpo_ray.config import LocalPath, RayConfig, StrictModel
 
 # Pipeline sections whose fields change what the shared (upstream) stages produce; a point's other keys
 # (align.*, methods.*) only change its own trial's align.
@@ -38,7 +38,7 @@ class SweepConfig(StrictModel):
     point is evaluated once on the **test** prompts, per seed, and reported with a CI over seeds x prompts.
     """
 
-    output_dir: str = "runs/sweep"
+    output_dir: LocalPath = "runs/sweep"
     # Base pipeline: "demo" (the packaged demo config) or a YAML path; `pipeline` overrides deep-merge on top.
     pipeline_config: str | None = "demo"
     pipeline: dict = Field(default_factory=dict)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from cwpo_ray.config import StrictModel, require
+from cwpo_ray.config import LocalPath, StrictModel, require
 from cwpo_ray.results import SynthesizeResult, write_result
 from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm, train_tokenizer
 from cwpo_ray.synthetic.pretrain import PretrainConfig
@@ -22,7 +22,7 @@ def _student_default() -> TinyModelConfig:
 
 
 class SyntheticConfig(StrictModel):
-    output_dir: str | None = None  # the pipeline sets {run_dir}/synthetic
+    output_dir: LocalPath | None = None  # the pipeline sets {run_dir}/synthetic
     task: SyntheticTaskConfig = Field(default_factory=SyntheticTaskConfig)
     weak: TinyModelConfig = Field(default_factory=_weak_default)  # weak annotator backbone
     student: TinyModelConfig = Field(default_factory=_student_default)  # student (larger than weak)
