@@ -13,7 +13,9 @@ Measured on the 2-core CPU dev machine (2026-11-24, the `small` + `--mix hh` com
 timed): TRL 0.37 pairs/s; naive 1.62; cwpo 3.43 (9.3x TRL); cwpo-precomp 4.78 (13.0x TRL); peak RSS 6.4 GB (TRL)
 vs 2.5 GB (cwpo). The cwpo and naive variants take the package's length-bucketed batches, TRL its own
 shuffled batches padded to their longest pair, so "vs trl" combines length bucketing, chunked
-response-only log-probs and TRL's per-step overheads; TRL's CPU step was not profiled.
+response-only log-probs and TRL's per-step overheads; TRL's CPU step was not profiled. Without length
+variation (`--mix fixed --seq-len 256 --prompt-len 128`, 80 timed pairs): TRL 0.64 pairs/s, naive 1.33
+(2.09x), cwpo 1.95 (3.06x), cwpo-precomp 2.19 (3.43x).
 
 Recorded H100 anchors for TRL's DPOTrainer (bf16, 2 × 512 tokens per pair): 56.3 pairs/s on the
 Qwen2.5-0.5B shape, 22.7 pairs/s on the 1.5B shape. The GPU path here is bf16, SDPA attention (flash
