@@ -83,7 +83,7 @@ def list_files(path: str, suffixes: tuple[str, ...] = (".parquet",), what: str =
     """Sorted files of ``path`` (a file, or a folder searched recursively for ``suffixes``). Like Ray Data
     and Arrow datasets, names starting with ``.`` or ``_`` inside a folder are skipped. A path that does
     not exist, or storage that cannot be reached, is a config error (not a bad file)."""
-    io.check_storage(path, what, must_exist=True)
+    io.check_storage(path, what)  # reachable store, existing bucket: one line, not a traceback
     fs, p = io.resolve(path)
     info = fs.get_file_info(p)
     if info.type == pafs.FileType.NotFound:

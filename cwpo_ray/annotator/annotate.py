@@ -122,16 +122,15 @@ def tokenize_block(table: pa.Table, tokenizer, max_length: int) -> tuple[pa.Tabl
     prompts = ok.column("prompt").to_pylist()
     ids_a, _ = encode_texts(tokenizer, prompts, ok.column("response_a").to_pylist(), 10**9)
     ids_b, _ = encode_texts(tokenizer, prompts, ok.column("response_b").to_pylist(), 10**9)
-    n = np.maximum(np.fromiter(map(len, ids_a), np.int64, len(ids_a)), np.fromiter(map(len, ids_b), np.int64, len(ids_b)))
-    long = n > max_length
-    if long.any():
+    ok = ok.append_column("ids_a", pa.array(ids_a, ids_type)).append_column("ids_b", pa.array(ids_b, ids_type))
+    n = pc.max_element_wise(pc.list_value_length(ok.column("ids_a")), pc.list_value_length(ok.column("ids_b")))
+    long = pc.greater(n, max_length)
+    if pc.any(long).as_py():
+        rows = ok.filter(long)
         details = [f"pair_id={pid} tokens={k} > max_length={max_length}"
-                   for pid, k in zip(ok.column("pair_id").filter(pa.array(long)).to_pylist(), n[long])]
-        quarantine = pa.concat_tables([quarantine, _quarantine(ok.filter(pa.array(long)), ["too_long"] * len(details), details)])
-    keep = ~long
-    valid = ok.filter(pa.array(keep))
-    valid = valid.append_column("ids_a", pa.array([x for x, k in zip(ids_a, keep) if k], ids_type))
-    valid = valid.append_column("ids_b", pa.array([x for x, k in zip(ids_b, keep) if k], ids_type))
+                   for pid, k in zip(rows.column("pair_id").to_pylist(), n.filter(long).to_pylist())]
+        quarantine = pa.concat_tables([quarantine, _quarantine(rows, ["too_long"] * len(details), details)])
+    valid = ok.filter(pc.invert(long))
     return valid, quarantine
 
 
