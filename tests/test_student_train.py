@@ -172,3 +172,42 @@ def test_align_zero3_precomputed_resume_after_killed_worker_and_reload(sft_model
         assert torch.equal(p, sd[key].to(p.dtype)), name
         compared += 1
     assert compared >= len(student.state_dict()) - 1 > 10
+
+
+def test_reference_in_workers_equals_the_frozen_reference(synthetic_assets):
+    """reference_mode=in_workers: the log-probs a worker caches from its shard before the first step are
+    the ones the frozen reference (on_the_fly) gives for the same sequences of every training batch."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cwpo_ray.student.data import REF_COLUMNS
+    from cwpo_ray.student.logprobs import SequenceLogprobs
+    from cwpo_ray.train.tasks import AlignTask
+
+    cfg = build_config(AlignConfig, {**SMALL, "model": synthetic_assets["student_base"], "batch_size": 4,
+                                     "reference_mode": "in_workers", "bucket_window": 2})
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    module = SequenceLogprobs(AutoModelForCausalLM.from_pretrained(cfg.model), cfg.logprob_chunk_size).train()
+    n = 21
+    shard = [{"pair_id": np.array([f"p{i}" for i in range(s, min(s + 8, n))], dtype=object),
+              "prompt": np.array([f"question {i} about{' x' * (i % 5)}" for i in range(s, min(s + 8, n))], dtype=object),
+              "chosen": np.array([f"answer {i}{' yes' * (i % 3)}" for i in range(s, min(s + 8, n))], dtype=object),
+              "rejected": np.array([f"no {i}" for i in range(s, min(s + 8, n))], dtype=object),
+              "weight": np.ones(min(s + 8, n) - s, dtype=np.float32)} for s in range(0, n, 8)]
+    task = AlignTask(reference_in_workers=True)
+    assert task.frozen_model(cfg, module.lm, torch.float32) is None  # no frozen copy beside the policy
+    assert task.reference_from_shard(cfg, module, tok, iter(shard), torch.device("cpu"), torch.float32) == n
+    assert module.training  # left as it was found
+    seen = 0
+    for batch in task.batches(cfg, tok, iter(shard), epoch=1):  # length-bucketed: other groupings than the pass
+        with torch.no_grad():
+            logp, ntok = module.eval()(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        B = batch["weight"].shape[0]
+        torch.testing.assert_close(torch.cat([batch["ref_chosen_logp"], batch["ref_rejected_logp"]]), logp.float(),
+                                   rtol=1e-5, atol=1e-4)
+        assert torch.equal(torch.cat([batch["chosen_ntok"], batch["rejected_ntok"]]), ntok.float())
+        assert set(REF_COLUMNS) <= set(batch)
+        seen += B
+    assert seen == n
+    with pytest.raises(ConfigError, match="in_workers"):
+        build_config(AlignConfig, {"reference_mode": "in_workers", "zero_stage": 3})

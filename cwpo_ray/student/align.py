@@ -23,6 +23,26 @@ from cwpo_ray.train.tasks import AlignTask
 from cwpo_ray.train.trainer import fit, train_metrics
 
 
+def score_reference(model, rows: list[dict], pad: int, batch_size: int, device) -> dict[str, list]:
+    """The REF_COLUMNS of encoded pair rows (:func:`~cwpo_ray.student.data.encode_rows`): summed log-probs
+    and response token counts of chosen and rejected under ``model`` (a
+    :class:`~cwpo_ray.student.logprobs.SequenceLogprobs`), ``batch_size`` pairs per forward, no grad."""
+    import torch
+
+    out: dict[str, list] = {c: [] for c in REF_COLUMNS}
+    with torch.no_grad():
+        for s in range(0, len(rows), batch_size):
+            group = rows[s:s + batch_size]
+            b = collate_pairs(group, pad)
+            logp, ntok = model(*(b[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")))
+            n = len(group)
+            out["ref_chosen_logp"] += logp[:n].tolist()
+            out["ref_rejected_logp"] += logp[n:].tolist()
+            out["chosen_ntok"] += ntok[:n].tolist()
+            out["rejected_ntok"] += ntok[n:].tolist()
+    return out
+
+
 class RefLogprobScorer:
     """Ray Data actor: adds summed reference log-probs and response token counts of chosen/rejected."""
 
@@ -44,18 +64,7 @@ class RefLogprobScorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cols = {c: batch.column(c).to_pylist() for c in ("prompt", "chosen", "rejected")}
-        rows = encode_rows(cols, self.enc)
-        out = {c: [] for c in REF_COLUMNS}
-        with self.torch.no_grad():
-            for s in range(0, len(rows), self.batch_size):
-                group = rows[s:s + self.batch_size]
-                b = collate_pairs(group, self.enc.pad)
-                logp, ntok = self.model(*(b[k].to(self.device) for k in ("input_ids", "attention_mask", "response_mask")))
-                n = len(group)
-                out["ref_chosen_logp"] += logp[:n].tolist()
-                out["ref_rejected_logp"] += logp[n:].tolist()
-                out["chosen_ntok"] += ntok[:n].tolist()
-                out["rejected_ntok"] += ntok[n:].tolist()
+        out = score_reference(self.model, encode_rows(cols, self.enc), self.enc.pad, self.batch_size, self.device)
         for c in REF_COLUMNS:
             batch = batch.append_column(c, pa.array(out[c], pa.float32() if c.startswith("ref") else pa.int32()))
         return batch
@@ -99,8 +108,11 @@ def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: lis
         ref_seconds = round(time.time() - t1, 1)
         cols += list(REF_COLUMNS)
     # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
-    res = fit(AlignTask(has_ref_columns=cfg.reference_mode == "precomputed"), cfg, ds.select_columns(cols).materialize(),
-              counts.rows_used, callbacks=callbacks, worker_hooks=worker_hooks)
+    task = AlignTask(has_ref_columns=cfg.reference_mode == "precomputed",
+                     reference_in_workers=cfg.reference_mode == "in_workers")
+    res = fit(task, cfg, ds.select_columns(cols).materialize(), counts.rows_used, callbacks=callbacks, worker_hooks=worker_hooks)
+    if cfg.reference_mode == "in_workers":
+        ref_seconds = res.final_metrics.get("reference_seconds")
     hist = train_metrics(res.history)
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
     logged = ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")

@@ -53,7 +53,10 @@ class AlignConfig(StudentTrainConfig):
     # sum: the paper's equations; mean: length-averaged (TRL's IPO); auto: mean for ipo, sum otherwise
     logprob_reduction: Literal["auto", "sum", "mean"] = "auto"
     reference: str | None = None  # reference model; default: `model` (the SFT student)
-    reference_mode: Literal["on_the_fly", "precomputed"] = "on_the_fly"
+    # on_the_fly: a frozen reference forward every step; precomputed: one Ray Data pass (an actor pool) over the
+    # pairs first; in_workers: each training worker computes its own shard's reference log-probs before its
+    # first step (no separate pass, no frozen copy; the whole model must fit on one worker: not with ZeRO-3)
+    reference_mode: Literal["on_the_fly", "precomputed", "in_workers"] = "on_the_fly"
     epochs: float = Field(default=1, gt=0)
     lr: float = Field(default=5e-6, gt=0)
     grad_accum: int = Field(default=4, gt=0)
@@ -65,6 +68,9 @@ class AlignConfig(StudentTrainConfig):
         if self.data_format == "pairs" and self.weighting.endswith("delta"):
             raise ValueError(f"weighting={self.weighting!r} needs annotator scores; human pairs (data_format=pairs, "
                              "confidence 1) support none/confidence/top_fraction (all give Human-DPO)")
+        if self.reference_mode == "in_workers" and self.zero_stage == 3:
+            raise ValueError("reference_mode=in_workers runs the whole reference model on each worker before ZeRO-3 "
+                             "partitions it: use reference_mode=precomputed (or on_the_fly) with zero_stage=3")
         return self
 
     @property

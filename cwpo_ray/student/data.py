@@ -171,7 +171,7 @@ def encode_rows(batch: dict, enc: PairEncoder, with_rejected: bool = True) -> li
     rows = []
     for i in range(n):
         row = {"chosen_enc": ch[i], "rejected_enc": rj[i]}
-        for c in ("weight", *REF_COLUMNS):
+        for c in ("pair_id", "weight", *REF_COLUMNS):
             if c in batch:
                 row[c] = batch[c][i]
         rows.append(row)

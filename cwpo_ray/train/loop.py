@@ -4,12 +4,12 @@ Runs inside ``TorchTrainer`` workers: Ray Train sets up the process group (gloo 
 and ``deepspeed.initialize`` reuses it, so the same code runs on 2 CPU workers and on N GPUs over
 several nodes; ZeRO stage (0 = plain data parallel), precision and accumulation come from the config.
 
-A :class:`Recipe` per worker, torchtune-style: ``setup_model`` → ``setup_optimizer`` (DeepSpeed
-engine) → ``resume`` (latest Ray Train checkpoint) → ``train`` (a linear loop over the Ray Data shard:
-batch → step function → backward → step → metrics / checkpoint / hooks) → ``save`` (the final HF
-folder). What differs between stages is a *task* (:mod:`cwpo_ray.train.tasks`): how to build the
-model, turn shard rows into batches, the pure step function ``(model, batch) -> (loss, metrics)``
-and how to save the final model.
+A :class:`Recipe` per worker, torchtune-style: ``setup_model`` → ``setup_reference`` (align with
+``reference_mode: in_workers`` only) → ``setup_optimizer`` (DeepSpeed engine) → ``resume`` (latest
+Ray Train checkpoint) → ``train`` (a linear loop over the Ray Data shard: batch → step function →
+backward → step → metrics / checkpoint / hooks) → ``save`` (the final HF folder). What differs
+between stages is a *task* (:mod:`cwpo_ray.train.tasks`): how to build the model, turn shard rows into
+batches, the pure step function ``(model, batch) -> (loss, metrics)`` and how to save the final model.
 
 ``train_loop_config``::
 
@@ -112,6 +112,7 @@ class Recipe:
         self.sched = schedule(cfg, config["rows"], self.world)
         self.log = worker_logger(self.task.name)
         self.state = {"micro_step": 0, "step": 0, "epoch": 0, "batch_in_epoch": 0, "resumed_from": -1}
+        self.reference_seconds: float | None = None
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup_model(self) -> None:
@@ -188,8 +189,21 @@ class Recipe:
         if self.rank == 0:
             self.log.info("resumed from step %d (micro-step %d)", self.state["step"], self.state["micro_step"])
 
+    def setup_reference(self) -> None:
+        """Tasks that ask for it (align, reference_mode=in_workers): reference log-probs of this worker's
+        shard, one pass with the initial weights, before the optimizer exists (and before a resumed
+        checkpoint's weights are loaded)."""
+        if not getattr(self.task, "reference_in_workers", False):
+            return
+        t = time.time()
+        n = self.task.reference_from_shard(self.cfg, self.module, self.tokenizer, self.shard_batches(), self.device, self.dtype)
+        self.reference_seconds = round(time.time() - t, 1)
+        if self.rank == 0:
+            self.log.info("reference log-probs of %d pairs in %.1fs (this worker's shard)", n, self.reference_seconds)
+
     def setup(self) -> "Recipe":
         self.setup_model()
+        self.setup_reference()
         self.setup_optimizer()
         self.resume()
         if self.rank == 0:
@@ -200,16 +214,21 @@ class Recipe:
         return self
 
     # ---- data ----------------------------------------------------------------------------------------
-    def batches(self, epoch: int):
-        """This worker's batches of one epoch, on the device (rows from its Ray Data shard)."""
+    def shard_batches(self, epoch: int | None = None):
+        """One pass over this worker's Ray Data shard: columnar numpy batches (shuffled per ``epoch``
+        when ``shuffle_buffer`` is set)."""
         import ray.train
 
         cfg = self.cfg
-        shard = ray.train.get_dataset_shard("train")
-        it = shard.iter_batches(batch_size=self.task.read_batch_size(cfg), batch_format="numpy",
-                                local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                local_shuffle_seed=cfg.seed + epoch if cfg.shuffle_buffer else None)
-        for batch in self.task.batches(cfg, self.tokenizer, it, epoch):
+        shuffle = cfg.shuffle_buffer and epoch is not None
+        return ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=self.task.read_batch_size(cfg), batch_format="numpy",
+            local_shuffle_buffer_size=cfg.shuffle_buffer if shuffle else None,
+            local_shuffle_seed=cfg.seed + epoch if shuffle else None)
+
+    def batches(self, epoch: int):
+        """This worker's batches of one epoch, on the device (rows from its Ray Data shard)."""
+        for batch in self.task.batches(self.cfg, self.tokenizer, self.shard_batches(epoch), epoch):
             yield {k: v.to(self.device) for k, v in batch.items()}
 
     # ---- checkpoints -----------------------------------------------------------------------------------
@@ -306,7 +325,8 @@ class Recipe:
             if not done:
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
-        self.report({"step": state["step"], "final": 1, "resumed_from": state["resumed_from"]}, with_ckpt=True, final=True)
+        extra = {"reference_seconds": self.reference_seconds} if self.reference_seconds is not None else {}
+        self.report({"step": state["step"], "final": 1, "resumed_from": state["resumed_from"], **extra}, with_ckpt=True, final=True)
 
 
 def train_loop_per_worker(config: dict) -> None:

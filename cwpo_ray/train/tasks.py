@@ -120,11 +120,15 @@ class _StudentTask:
     def read_batch_size(self, cfg) -> int:
         return cfg.batch_size * cfg.bucket_window
 
+    ref_cache: dict | None = None  # pair_id -> REF_COLUMNS values (align, reference_mode=in_workers)
+
     def batches(self, cfg, tokenizer, row_batches, epoch: int):
-        from cwpo_ray.student.data import PairEncoder, collate_pairs, collate_sft, encode_rows, length_buckets
+        from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, collate_sft, encode_rows, length_buckets
 
         enc = PairEncoder(tokenizer, cfg.max_length, cfg.max_prompt_length)
         rows = (r for b in row_batches for r in encode_rows(b, enc, with_rejected=self.pairs))
+        if self.ref_cache is not None:
+            rows = ({**r, **dict(zip(REF_COLUMNS, self.ref_cache[str(r["pair_id"])]))} for r in rows)
         collate = collate_pairs if self.pairs else collate_sft
         for group in length_buckets(rows, cfg.batch_size, cfg.bucket_window, seed=cfg.seed + epoch):
             yield collate(group, enc.pad, cfg.pad_to_multiple_of)
@@ -161,8 +165,9 @@ class AlignTask(_StudentTask):
     unit = "pairs"
     log_keys = ("loss", "reward_margin", "pref_acc")
 
-    def __init__(self, has_ref_columns: bool = False):
+    def __init__(self, has_ref_columns: bool = False, reference_in_workers: bool = False):
         self.has_ref_columns = has_ref_columns
+        self.reference_in_workers = reference_in_workers
 
     @property
     def config_cls(self):
@@ -175,12 +180,35 @@ class AlignTask(_StudentTask):
 
         from cwpo_ray.student.logprobs import SequenceLogprobs
 
-        if self.has_ref_columns:
+        if self.has_ref_columns or self.reference_in_workers:
             return None
         same = not cfg.reference or cfg.reference == cfg.model
         ref = copy.deepcopy(hf_model) if same else self.load_model(cfg, None, dtype, name=cfg.reference)
         ref.requires_grad_(False).eval()
         return SequenceLogprobs(ref, cfg.logprob_chunk_size)
+
+    def reference_from_shard(self, cfg, module, tokenizer, row_batches, device, dtype) -> int:
+        """reference_mode=in_workers: the reference log-probs of every pair of this worker's shard, before
+        the first step, kept by pair_id for :meth:`batches`. The reference is ``module`` itself (the
+        untrained policy: the SFT model) unless ``cfg.reference`` names another model. Returns the pairs."""
+        from cwpo_ray.student.align import score_reference
+        from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, encode_rows
+        from cwpo_ray.student.logprobs import SequenceLogprobs
+
+        ref = module
+        if cfg.reference and cfg.reference != cfg.model:
+            ref = SequenceLogprobs(self.load_model(cfg, None, dtype, name=cfg.reference), cfg.logprob_chunk_size)
+        was_training = ref.training
+        ref.to(device).eval()
+        enc = PairEncoder(tokenizer, cfg.max_length, cfg.max_prompt_length)
+        cache: dict = {}
+        for b in row_batches:  # one read batch at a time: only four numbers per pair are kept
+            rows = encode_rows(b, enc)
+            out = score_reference(ref, rows, enc.pad, cfg.batch_size, device)
+            cache.update((str(r["pair_id"]), tuple(out[c][i] for c in REF_COLUMNS)) for i, r in enumerate(rows))
+        ref.train(was_training)
+        self.ref_cache = cache
+        return len(cache)
 
     def step_fn(self, cfg, frozen):
         from cwpo_ray.student.steps import align_loss
