@@ -280,15 +280,18 @@ def test_models_at_a_uri_load_through_one_node_cache(s3_server, monkeypatch, tmp
     assert sorted(os.listdir(tmp_path)) == ["cache", "lm"]  # the loaders wrote nothing to the working directory
 
 
-# The smallest pipeline that runs every stage: 1 method, 2 optimizer steps per training stage, no pretraining
-# of the tiny base models, 4 test prompts x 1 sample. Mechanics only (the numbers are not meaningful).
+# The smallest pipeline that runs every stage: 1 method, 2 optimizer steps on 1 worker per training stage, no
+# pretraining of the tiny base models, 4 test prompts x 1 sample. Mechanics only (the numbers mean nothing).
+# What is left is the stages' fixed costs (~150 s on 2 CPUs, the same with a local run_dir). To stay lean,
+# align's reference runs on the fly and evaluate generates with HF: the precomputed-reference scorer and the
+# HF generator load from a URI in the test above, vLLM's engines through the same io.local_model_dir.
 TINY_PIPELINE = [
     "synthetic.task.num_pairs=200", "synthetic.pretrain=null",
     "annotator.max_steps=2", "annotator.num_workers=1", "sft.max_steps=2", "sft.num_workers=1",
-    "align.max_steps=2", "align.num_workers=1",
+    "align.max_steps=2", "align.num_workers=1", "align.reference_mode=on_the_fly",
     "methods={cw-dpo: {labels: weak, weighting: confidence}}",
     "evaluate.max_prompts=4", "evaluate.num_samples=1", "evaluate.num_bootstrap=100", "evaluate.sampling.max_new_tokens=8",
-    "stages=[prepare, train-annotator, annotate, sft, align, evaluate]",
+    "evaluate.engine.backend=hf", "stages=[prepare, train-annotator, annotate, sft, align, evaluate]",
 ]
 STAGES = ["synthesize", "prepare", "train-annotator", "annotate", "sft", "align/cw-dpo", "evaluate"]
 
