@@ -214,6 +214,11 @@ def local_model_dir(uri: str) -> str:
             tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(dst))
             try:
                 pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+                root = path.rstrip("/")
+                want = {f.path[len(root) + 1:]: f.size for f in files}
+                got = {f.path[len(tmp) + 1:]: f.size for f in files_under(tmp)}
+                if got != want:  # rewritten between the listing (the key) and the copy: not this key's files
+                    raise RuntimeError(f"{uri} changed while it was being downloaded; load it again")
                 os.rename(tmp, dst)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
