@@ -29,14 +29,14 @@ class ConfigError(ValueError):
 
 def _local_only(value: str) -> str:
     if "://" in value:
-        raise ValueError(f"{value!r} is a URI, but this stage writes models, checkpoints and plots with local "
-                         "file tools: give a local path (on a cluster, one that every node mounts); object-store "
-                         "URIs are taken by prepare, annotate and generate")
+        raise ValueError(f"{value!r} is a URI, but this folder is local by design (a sweep's results, an export "
+                         "to push to the Hub): give a local path; the pipeline's run_dir and every stage's "
+                         "input and output take URIs")
     return value
 
 
-# An output folder a stage writes with local file tools (save_pretrained, Ray Train checkpoints, plots): a
-# URI is refused at config load instead of becoming a local folder named "s3:".
+# A folder that stays on the driver's file system (a sweep's output folder, an export): a URI is refused at
+# config load instead of becoming a local folder named "s3:".
 LocalPath = Annotated[str, AfterValidator(_local_only)]
 
 

@@ -1,39 +1,50 @@
 """Run manifests: skip a pipeline stage when its output exists for the same config and inputs.
 
 A stage's *key* is a hash of (stage name, its config, the fingerprints of its inputs, the package
-version). After a stage finishes, the fingerprint of its output (a content hash of every file under
-it) is recorded in ``{run_dir}/manifest.json``. On a re-run, a stage whose key matches the manifest
-and whose output still has the recorded fingerprint is skipped; anything else re-runs, and so does
-everything downstream of it (their keys include this stage's output fingerprint).
+version). After a stage finishes, the fingerprint of its output is recorded in ``{run_dir}/manifest.json``.
+On a re-run, a stage whose key matches the manifest and whose output still has the recorded fingerprint
+is skipped; anything else re-runs, and so does everything downstream of it (their keys include this
+stage's output fingerprint).
+
+``run_dir`` may be a local path or a URI (``s3://`` …): the manifest is read and written through
+pyarrow.fs. The fingerprint of a local output is a content hash (relative paths + bytes of every file);
+that of a remote one hashes every file's relative path, size and modification time as the store reports
+them (:class:`pyarrow.fs.FileInfo`) instead of downloading the bytes: a rewritten object has a new
+modification time, so a re-written output re-runs what depends on it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import posixpath
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cwpo_ray import __version__
+from cwpo_ray import __version__, io
 
 
 def fingerprint(*paths: str | Path) -> str:
-    """Content hash of files, or of every file under folders (relative paths + bytes)."""
+    """Hash of files, or of every file under folders: relative paths + bytes (local) or relative paths +
+    sizes + modification times (remote, see the module docstring)."""
     h = hashlib.blake2b(digest_size=16)
-    files: list[tuple[str, Path]] = []
-    for p in map(Path, paths):
-        found = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for uri in map(str, paths):
+        fs, root = io.resolve(uri)
+        found = io.files_under(uri)
         if not found:
-            raise FileNotFoundError(f"nothing to fingerprint at {p}")
-        files += [(f"{p.name}/{f.relative_to(p)}" if f != p else f.name, f) for f in found]
-    for rel, f in files:
-        h.update(rel.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
+            raise FileNotFoundError(f"nothing to fingerprint at {uri}")
+        name = posixpath.basename(root.rstrip("/"))
+        for f in found:
+            rel = f.base_name if f.path.rstrip("/") == root.rstrip("/") else f"{name}/{f.path[len(root.rstrip('/')) + 1:]}"
+            h.update(rel.encode() + b"\0")
+            if io.is_remote(uri):
+                h.update(f"{f.size}:{f.mtime_ns}".encode())
+            else:
+                with fs.open_input_stream(f.path) as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            h.update(b"\0")
     return h.hexdigest()
 
 
@@ -45,13 +56,12 @@ def stage_key(stage: str, config: Any, inputs: dict[str, str]) -> str:
 
 class Manifest:
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / "manifest.json"
-        self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.path = io.join(io.absolute(str(run_dir)), "manifest.json")
+        self.data: dict[str, dict] = json.loads(io.read_text(self.path)) if io.exists(self.path) else {}
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)  # atomic: a killed run never leaves a half-written manifest
+        # whole or not at all (io.write_text): a killed run never leaves a half-written manifest
+        io.write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True))
 
     def forget(self, stage: str) -> None:
         """Drop a stage's record, so that the next :meth:`run` of it runs it."""

@@ -11,7 +11,7 @@ synthetic task, tiny models, hyperparameters scaled for them.
 from __future__ import annotations
 
 import logging
-import os
+import posixpath
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +19,9 @@ from typing import ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
-from cwpo_ray import console
+from cwpo_ray import console, io
 from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
-from cwpo_ray.config import TOP_FRACTION, LocalPath, Loss, RayConfig, StrictModel, TrackingConfig, Weighting, dump_config, updated
+from cwpo_ray.config import TOP_FRACTION, Loss, RayConfig, StrictModel, TrackingConfig, Weighting, dump_config, updated
 from cwpo_ray.evaluate.config import EvaluateConfig
 from cwpo_ray.generate.config import GenerateConfig
 from cwpo_ray.layout import RunLayout
@@ -69,7 +69,7 @@ def _default_methods() -> dict[str, MethodSpec]:
 
 
 class PipelineConfig(StrictModel):
-    run_dir: LocalPath = "runs/pipeline"
+    run_dir: str = "runs/pipeline"  # a local path or a URI (s3://bucket/runs/x, gs://..., any pyarrow.fs filesystem)
     ray: RayConfig = Field(default_factory=RayConfig)
     # The embedded synthetic task; null (and prepare.sources) to run on real data.
     synthetic: SyntheticConfig | None = Field(default_factory=SyntheticConfig)
@@ -149,19 +149,16 @@ def _fill(cfg: StrictModel, section: str, owned: dict | None = None, **paths) ->
     return updated(cfg, section, **(owned or {}), **fill)
 
 
-def _link_tree(srcs: list[Path], dst: Path) -> None:
-    """Hard-link (or copy) the parquet files of several folders into one folder."""
-    import shutil
-
-    dst.mkdir(parents=True, exist_ok=True)
+def _link_tree(srcs: list[str], dst: str) -> None:
+    """The parquet files of several folders in one folder, as ``{folder name}-{file name}``: hard links
+    (or copies) locally, copies through pyarrow.fs on an object store."""
+    io.makedirs(dst)
     for src in srcs:
-        for f in sorted(src.glob("*.parquet")):
-            target = dst / f"{src.name}-{f.name}"
-            if not target.exists():
-                try:
-                    os.link(f, target)
-                except OSError:
-                    shutil.copy2(f, target)
+        folder = io.resolve(src)[1].rstrip("/")
+        for f in io.files_under(src):
+            target = io.join(dst, f"{posixpath.basename(folder)}-{f.base_name}")
+            if posixpath.dirname(f.path) == folder and f.base_name.endswith(".parquet") and not io.exists(target):
+                io.copy_file(io.join(src, f.base_name), target)
 
 
 def _recorded(cls: type[R], summary) -> R | None:
@@ -174,14 +171,14 @@ def _recorded(cls: type[R], summary) -> R | None:
 
 
 def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> PipelineResult:
-    """Run the stages; ``train_callbacks`` (e.g. Tune's TuneReportCallback) go to align's TorchTrainer."""
-    from cwpo_ray.runtime import init_ray
-
+    """Run the stages; ``train_callbacks`` (e.g. Tune's TuneReportCallback) go to align's TorchTrainer.
+    Ray is started by the first stage that runs (each stage's ``init_ray(cfg.ray)``): a re-run with
+    every stage up to date starts none."""
     run = RunLayout.of(cfg.run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(dump_config(cfg))
+    io.check_storage(run.root, "run_dir")  # before any compute: a missing bucket, refused credentials
+    io.makedirs(run.root)
+    io.write_text(run.config, dump_config(cfg))
     m = Manifest(run.root)
-    init_ray(cfg.ray)
     fps: dict[str, str] = {}
     stages: dict[str, StageRun] = {}
     t_start = time.time()
@@ -190,9 +187,9 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     def tracked(name: str) -> dict:  # the pipeline's tracking, one run per stage named "<run folder>/<stage>"
         if cfg.tracking.kind == "none":
             return {}
-        return {"tracking": cfg.tracking.model_copy(update={"run_name": f"{cfg.tracking.run_name or run.root.name}/{name}"})}
+        return {"tracking": cfg.tracking.model_copy(update={"run_name": f"{cfg.tracking.run_name or run.name}/{name}"})}
 
-    def stage(name: str, cls: type[R], stage_cfg, inputs: dict[str, str], output: Path, fn: Callable[[], R],
+    def stage(name: str, cls: type[R], stage_cfg, inputs: dict[str, str], output: str, fn: Callable[[], R],
               fmt: Callable[[R], str] | None = None, artifacts=None, full_summary: bool = False) -> R:
         """Run ``fn`` (a stage returning a ``cls``) unless the manifest has it done. The manifest keeps the
         result's JSON dump; a skipped stage returns it as a ``cls`` again, and one whose recorded summary
@@ -242,8 +239,8 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     if cfg.synthetic is not None and any(s in cfg.stages for s in ("prepare", "train-annotator", "sft")):
         from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
-        syn = _fill(cfg.synthetic, "synthetic", output_dir=str(run.synthetic))
-        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, Path(syn.output_dir), lambda: build_synthetic(syn),
+        syn = _fill(cfg.synthetic, "synthetic", output_dir=run.synthetic)
+        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
                           format_synthesize).paths
 
     # 2. prepare ------------------------------------------------------------------------------------
@@ -251,37 +248,37 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
 
     sources = cfg.prepare.sources or (
         [SourceConfig(format="canonical", path=syn_paths.data, name="synthetic")] if syn_paths else [])
-    prep = _fill(cfg.prepare, "prepare", {**ray_only, "sources": sources}, output_dir=str(run.data),
+    prep = _fill(cfg.prepare, "prepare", {**ray_only, "sources": sources}, output_dir=run.data,
                  tokenizer=syn_paths.tokenizer if syn_paths else None)
-    data = Path(prep.output_dir)
+    data = prep.output_dir
     if "prepare" in cfg.stages:
         stage("prepare", PrepareResult, prep, {"synthetic": fps.get("synthesize", "")}, data, lambda: run_prepare(prep),
-              format_summary, [data / s for s in ("labeled", "unlabeled", "test")])  # validation follows the same config
+              format_summary, [io.join(data, s) for s in ("labeled", "unlabeled", "test")])  # validation follows the same config
 
     # 3. train-annotator ---------------------------------------------------------------------------
     from cwpo_ray.annotator.train import format_train_annotator, run_train_annotator
 
     ann = _fill(cfg.annotator, "annotator", {**ray_only, **tracked("train-annotator")},
-                model=syn_paths.weak_base if syn_paths else None, data_dir=str(data), output_dir=str(run.annotator))
+                model=syn_paths.weak_base if syn_paths else None, data_dir=data, output_dir=run.annotator)
     if "train-annotator" in cfg.stages:
-        stage("train-annotator", TrainAnnotatorResult, ann, {"data": fps.get("prepare", "")}, Path(ann.output_dir),
+        stage("train-annotator", TrainAnnotatorResult, ann, {"data": fps.get("prepare", "")}, ann.output_dir,
               lambda: run_train_annotator(ann), format_train_annotator, [RunLayout.model(ann.output_dir)])
 
     # 4. annotate -------------------------------------------------------------------------------------
     from cwpo_ray.annotator.annotate import format_annotate, run_annotate
 
-    annot = _fill(cfg.annotate, "annotate", {**ray_only, "overwrite": True}, model=str(RunLayout.model(ann.output_dir)),
-                  data_dir=str(data), output_dir=str(run.annotated))
-    weak_labels = Path(annot.output_dir) / "preferences"
+    annot = _fill(cfg.annotate, "annotate", {**ray_only, "overwrite": True}, model=RunLayout.model(ann.output_dir),
+                  data_dir=data, output_dir=run.annotated)
+    weak_labels = io.join(annot.output_dir, "preferences")
     if "annotate" in cfg.stages:
         stage("annotate", AnnotateResult, annot, {"data": fps.get("prepare", ""), "annotator": fps.get("train-annotator", "")},
-              Path(annot.output_dir), lambda: run_annotate(annot), format_annotate, [weak_labels])
+              annot.output_dir, lambda: run_annotate(annot), format_annotate, [weak_labels])
     labels: LabelReport | None = None
-    if cfg.synthetic is not None and "annotate" in cfg.stages and weak_labels.exists():
+    if cfg.synthetic is not None and "annotate" in cfg.stages and io.exists(weak_labels):
         from cwpo_ray.synthetic.diagnostics import format_label_report, label_report
 
-        labels = label_report(str(data), str(weak_labels))  # gold is known here only
-        write_result(run.root, labels, run.label_stats.name)
+        labels = label_report(data, weak_labels)  # gold is known here only
+        write_result(run.root, labels, "label_stats.json")
         print(format_label_report(labels), flush=True)
 
     # 5. sft: the student on (prompt, human-chosen) of the labeled fraction ----------------------------
@@ -289,22 +286,22 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
 
     sft_owned = {**ray_only, **({"data_format": "pairs"} if cfg.sft.data_dir is None else {})}
     sft = _fill(cfg.sft, "sft", {**sft_owned, **tracked("sft")}, model=syn_paths.student_base if syn_paths else None,
-                data_dir=str(data / "labeled"), output_dir=str(run.sft))
-    sft_model = str(RunLayout.model(sft.output_dir))
+                data_dir=io.join(data, "labeled"), output_dir=run.sft)
+    sft_model = RunLayout.model(sft.output_dir)
     if "sft" in cfg.stages:
-        stage("sft", SFTResult, sft, {"data": fps.get("prepare", "")}, Path(sft.output_dir), lambda: run_sft(sft), format_sft,
-              [Path(sft_model)])
+        stage("sft", SFTResult, sft, {"data": fps.get("prepare", "")}, sft.output_dir, lambda: run_sft(sft), format_sft,
+              [sft_model])
 
     # 5a. sft per label source (sft_data=method_labels, the paper's): (prompt, chosen) of each method's own
     # alignment data, after annotate (weak labels) -----------------------------------------------------------
     label_data = {
-        "weak": (str(weak_labels), "preferences", fps.get("annotate", "")),
-        "human_unlabeled": (str(data / "unlabeled"), "pairs", fps.get("prepare", "")),
-        "human_labeled": (str(data / "labeled"), "pairs", fps.get("prepare", "")),
-        "human_all": (str(run.human_all), "pairs", fps.get("prepare", "")),
+        "weak": (weak_labels, "preferences", fps.get("annotate", "")),
+        "human_unlabeled": (io.join(data, "unlabeled"), "pairs", fps.get("prepare", "")),
+        "human_labeled": (io.join(data, "labeled"), "pairs", fps.get("prepare", "")),
+        "human_all": (run.human_all, "pairs", fps.get("prepare", "")),
     }
     if any(ms.labels == "human_all" for ms in cfg.methods.values()):
-        _link_tree([data / "labeled", data / "unlabeled"], run.human_all)
+        _link_tree([io.join(data, "labeled"), io.join(data, "unlabeled")], run.human_all)
     init = {ms.labels: (sft_model, "sft") for ms in cfg.methods.values()}  # labels -> (SFT model, its stage)
     if cfg.sft_data == "method_labels":
         for source in dict.fromkeys(ms.labels for ms in cfg.methods.values()):
@@ -312,21 +309,21 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
                 continue
             d, fmt, fp_in = label_data[source]
             s_cfg = _fill(cfg.sft, f"sft/{source}", {**ray_only, **tracked(f"sft/{source}"), "data_format": fmt, "data_dir": d,
-                                                     "output_dir": str(RunLayout.sft_for_in(sft.output_dir, source))},
+                                                     "output_dir": RunLayout.sft_for_in(sft.output_dir, source)},
                           model=syn_paths.student_base if syn_paths else None)
-            init[source] = (str(RunLayout.model(s_cfg.output_dir)), f"sft/{source}")
+            init[source] = (RunLayout.model(s_cfg.output_dir), f"sft/{source}")
             if "sft" in cfg.stages:
-                stage(f"sft/{source}", SFTResult, s_cfg, {"data": fp_in}, Path(s_cfg.output_dir),
-                      lambda s_cfg=s_cfg: run_sft(s_cfg), format_sft, [Path(init[source][0])])
+                stage(f"sft/{source}", SFTResult, s_cfg, {"data": fp_in}, s_cfg.output_dir,
+                      lambda s_cfg=s_cfg: run_sft(s_cfg), format_sft, [init[source][0]])
 
     # 5b. generate (optional): candidate pairs from the SFT student for unlabeled prompts ------------------
     if "generate" in cfg.stages:
         from cwpo_ray.generate.stage import format_generate, run_generate
 
-        gen = _fill(cfg.generate, "generate", ray_only, model=sft_model, prompts_path=str(data / "unlabeled"),
-                    output_dir=str(run.generated))
+        gen = _fill(cfg.generate, "generate", ray_only, model=sft_model, prompts_path=io.join(data, "unlabeled"),
+                    output_dir=run.generated)
         stage("generate", GenerateResult, gen, {"sft": fps.get("sft", ""), "data": fps.get("prepare", "")},
-              Path(gen.output_dir), lambda: run_generate(gen), format_generate, [Path(gen.output_dir) / "pairs"])
+              gen.output_dir, lambda: run_generate(gen), format_generate, [io.join(gen.output_dir, "pairs")])
 
     # 6. align: one student per method ----------------------------------------------------------------
     from cwpo_ray.student.align import format_align, run_align
@@ -335,14 +332,14 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     for name, ms in cfg.methods.items():
         d, fmt, fp_in = label_data[ms.labels]
         al = _fill(cfg.align, f"methods.{name}", {
-            **ray_only, **tracked(f"align/{name}"), "data_dir": d, "data_format": fmt, "output_dir": str(run.align(name)), "loss": ms.loss,
+            **ray_only, **tracked(f"align/{name}"), "data_dir": d, "data_format": fmt, "output_dir": run.align(name), "loss": ms.loss,
             "weighting": ms.weighting, "top_fraction": ms.top_fraction, "beta": ms.beta or cfg.align.beta},
             model=init[ms.labels][0])
-        models[name] = str(RunLayout.model(al.output_dir))
+        models[name] = RunLayout.model(al.output_dir)
         if "align" in cfg.stages:
-            stage(f"align/{name}", AlignResult, al, {"data": fp_in, "sft": fps.get(init[ms.labels][1], "")}, Path(al.output_dir),
+            stage(f"align/{name}", AlignResult, al, {"data": fp_in, "sft": fps.get(init[ms.labels][1], "")}, al.output_dir,
                   lambda al=al: run_align(al, callbacks=train_callbacks),
-                  format_align, [Path(models[name])])
+                  format_align, [models[name]])
 
     # 7. evaluate: GRA of every method against the SFT model ------------------------------------------
     from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
@@ -350,16 +347,16 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     own = {f"sft-{s}": m for s, (m, st) in init.items() if st != "sft"}  # SFT models other than the common one
     ev = _fill(cfg.evaluate, "evaluate", {**ray_only, **tracked("evaluate"), "baselines": own, "compare_to": {
                    n: f"sft-{ms.labels}" for n, ms in cfg.methods.items() if f"sft-{ms.labels}" in own}},
-               prompts_path=str(data / "test"), sft_model=sft_model, output_dir=str(run.eval), models=models)
+               prompts_path=io.join(data, "test"), sft_model=sft_model, output_dir=run.eval, models=models)
     evaluation, report, gate = None, None, None
     if "evaluate" in cfg.stages:
         inputs = {"sft": fps.get("sft", ""), **{f"align/{k}": fps.get(f"align/{k}", "") for k in models},
                   **{st: fps.get(st, "") for _, st in init.values() if st != "sft"}}
-        evaluation = stage("evaluate", EvaluateResult, ev, inputs, Path(ev.output_dir), lambda: run_evaluate(ev),
-                           format_evaluate, [Path(ev.output_dir) / "metrics.json"], full_summary=True)
-        report = str(Path(ev.output_dir) / "report.md")
+        evaluation = stage("evaluate", EvaluateResult, ev, inputs, ev.output_dir, lambda: run_evaluate(ev),
+                           format_evaluate, [io.join(ev.output_dir, "metrics.json")], full_summary=True)
+        report = io.join(ev.output_dir, "report.md")
         gate = sanity_gate(cfg.methods, evaluation)
-    return PipelineResult(run_dir=str(run.root), stages=stages, labels=labels, evaluation=evaluation, report=report,
+    return PipelineResult(run_dir=run.root, stages=stages, labels=labels, evaluation=evaluation, report=report,
                           gate=gate, seconds=round(time.time() - t_start, 1))
 
 

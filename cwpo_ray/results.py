@@ -223,7 +223,7 @@ class AnnotateResult(StageResult):
     model: str
     input: str
     output: str
-    confidence_hist_png: str | None  # None for an output_dir URI
+    confidence_hist_png: str | None  # a local path or a URI (None in summaries of older versions)
     output_dir: str
     bad_files: list[BadFileRecord] = Field(default_factory=list)
 

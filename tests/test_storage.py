@@ -1,8 +1,12 @@
-"""Bad storage input fails fast: one line naming the field and the URI, before any compute starts.
+"""Object-store run folders, against a real S3 API: moto's server on 127.0.0.1 (a subprocess on a free
+port, stopped after), reached through ``AWS_ENDPOINT_URL`` like any S3-compatible store.
 
-Against a real S3 API: moto's server on 127.0.0.1 (a subprocess on a free port, stopped after), reached
-through ``AWS_ENDPOINT_URL`` like any S3-compatible store. Stages that write with local file tools
-refuse a URI at config load (issue: object-store run folders are not supported by them yet)."""
+* bad storage input fails fast: one line naming the field and the URI, before any compute starts;
+* models at a URI are downloaded once per node into a content-keyed cache, by every loader;
+* the whole pipeline runs with ``run_dir=s3://...``, a re-run skips every stage, and nothing but logs
+  lands in the working directory.
+
+The folders that stay local (a sweep's output folder, an export) refuse a URI at config load."""
 from __future__ import annotations
 
 import os
@@ -66,12 +70,18 @@ def no_compute(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("compute started before the storage check")
 
+    import cwpo_ray.evaluate.stage
     import cwpo_ray.generate.stage
     import cwpo_ray.prepare.stage
     import cwpo_ray.runtime
+    import cwpo_ray.student.align
+    import cwpo_ray.student.sft
+    import cwpo_ray.synthetic.build
 
-    for mod in (cwpo_ray.runtime, cwpo_ray.prepare.stage, cwpo_ray.generate.stage):
+    for mod in (cwpo_ray.runtime, cwpo_ray.prepare.stage, cwpo_ray.generate.stage, cwpo_ray.evaluate.stage,
+                cwpo_ray.student.sft, cwpo_ray.student.align):
         monkeypatch.setattr(mod, "init_ray", refuse)
+    monkeypatch.setattr(cwpo_ray.synthetic.build, "SyntheticTask", refuse)  # the synthetic task's compute
 
 
 def _one_line(e: pytest.ExceptionInfo, *parts: str) -> str:
@@ -82,15 +92,32 @@ def _one_line(e: pytest.ExceptionInfo, *parts: str) -> str:
 
 def _stage_calls(tmp_path):
     from cwpo_ray.annotator.annotate import run_annotate
-    from cwpo_ray.annotator.config import AnnotateConfig
+    from cwpo_ray.annotator.config import AnnotateConfig, AnnotatorTrainConfig
+    from cwpo_ray.annotator.train import run_train_annotator
+    from cwpo_ray.evaluate.config import EvaluateConfig
+    from cwpo_ray.evaluate.stage import run_evaluate
     from cwpo_ray.generate.config import GenerateConfig
     from cwpo_ray.generate.stage import run_generate
+    from cwpo_ray.pipeline import PipelineConfig, run_pipeline
     from cwpo_ray.prepare.config import PrepareConfig
     from cwpo_ray.prepare.stage import run_prepare
+    from cwpo_ray.student.align import run_align
+    from cwpo_ray.student.config import AlignConfig, SFTConfig
+    from cwpo_ray.student.sft import run_sft
+    from cwpo_ray.synthetic.build import SyntheticConfig, build_synthetic
 
     local = tmp_path / "in.jsonl"
     local.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    train = {"model": str(tmp_path), "data_dir": str(tmp_path)}
     return {
+        "synthesize": lambda out: build_synthetic(build_config(SyntheticConfig, {"output_dir": out})),
+        "train-annotator": lambda out, src=str(tmp_path): run_train_annotator(build_config(AnnotatorTrainConfig, {
+            **train, "data_dir": src, "output_dir": out})),
+        "sft": lambda out, model=str(tmp_path): run_sft(build_config(SFTConfig, {**train, "model": model, "output_dir": out})),
+        "align": lambda out: run_align(build_config(AlignConfig, {**train, "output_dir": out})),
+        "evaluate": lambda out, model=str(tmp_path): run_evaluate(build_config(EvaluateConfig, {
+            "prompts_path": str(local), "sft_model": str(tmp_path), "models": {"m": model}, "output_dir": out})),
+        "pipeline": lambda out: run_pipeline(build_config(PipelineConfig, {"run_dir": out})),
         "prepare": lambda out, src=str(local): run_prepare(build_config(PrepareConfig, {
             "sources": [{"format": "hh_rlhf", "path": src}], "output_dir": out})),
         "annotate": lambda out, src=str(tmp_path): run_annotate(build_config(AnnotateConfig, {
@@ -106,7 +133,15 @@ def test_missing_bucket_and_object_fail_fast_naming_the_uri(s3_server, monkeypat
     for stage, run in calls.items():
         with pytest.raises(ConfigError) as e:
             run("s3://no-such-bucket/run/out")
-        assert "bucket 'no-such-bucket' does not exist" in _one_line(e, "output_dir", "s3://no-such-bucket/run/out"), stage
+        field = "run_dir" if stage == "pipeline" else "output_dir"
+        assert "bucket 'no-such-bucket' does not exist" in _one_line(e, field, "s3://no-such-bucket/run/out"), stage
+    for stage in ("sft", "evaluate"):  # a model at a URI that is not there, the output's bucket being fine
+        with pytest.raises(ConfigError) as e:
+            calls[stage]("s3://cwpo/run/out", model="s3://cwpo/no/model")
+        _one_line(e, "model", "s3://cwpo/no/model", "does not exist")
+    with pytest.raises(ConfigError) as e:
+        calls["train-annotator"]("s3://cwpo/run/ann", src="s3://cwpo/no/data")
+    _one_line(e, "data_dir", "s3://cwpo/no/data", "does not exist")
     with pytest.raises(ConfigError) as e:  # an input that is not there (the bucket is)
         calls["prepare"]("s3://cwpo/run/data", src="s3://cwpo/missing/pairs.jsonl")
     _one_line(e, "sources[0].path", "s3://cwpo/missing/pairs.jsonl", "does not exist")
@@ -149,18 +184,158 @@ def test_an_existing_bucket_passes_the_check(s3_server, monkeypatch):
 
 
 def test_stages_with_local_outputs_refuse_a_uri_at_config_load():
-    from cwpo_ray.annotator.config import AnnotatorTrainConfig
-    from cwpo_ray.evaluate.config import EvaluateConfig
-    from cwpo_ray.pipeline import PipelineConfig
-    from cwpo_ray.student.config import AlignConfig, SFTConfig
+    """Only the folders that stay on the driver are LocalPath: a sweep's output folder (its trials' run
+    folders, results table and plot) and an export (a local copy to push to the Hub)."""
+    from cwpo_ray.integrations.hub import ExportConfig
     from cwpo_ray.sweep.config import SweepConfig
-    from cwpo_ray.synthetic.build import SyntheticConfig
 
-    cases = [(PipelineConfig, "run_dir"), (AnnotatorTrainConfig, "output_dir"), (SFTConfig, "output_dir"),
-             (AlignConfig, "output_dir"), (EvaluateConfig, "output_dir"), (SyntheticConfig, "output_dir"),
-             (SweepConfig, "output_dir")]
+    cases = [(SweepConfig, "output_dir"), (ExportConfig, "run_dir"), (ExportConfig, "output_dir")]
     for cls, field in cases:
         for uri in ("s3://bucket/run", "file:///tmp/run"):
             with pytest.raises(ConfigError) as e:
                 build_config(cls, {field: uri})
             _one_line(e, f"{field}: ", uri, "is a URI")
+
+
+def test_stages_take_uris_at_config_load():
+    from cwpo_ray.annotator.config import AnnotatorTrainConfig
+    from cwpo_ray.evaluate.config import EvaluateConfig
+    from cwpo_ray.pipeline import PipelineConfig
+    from cwpo_ray.student.config import AlignConfig, SFTConfig
+    from cwpo_ray.synthetic.build import SyntheticConfig
+
+    cases = [(PipelineConfig, "run_dir"), (AnnotatorTrainConfig, "output_dir"), (SFTConfig, "output_dir"),
+             (AlignConfig, "output_dir"), (EvaluateConfig, "output_dir"), (SyntheticConfig, "output_dir")]
+    for cls, field in cases:
+        assert getattr(build_config(cls, {field: "s3://bucket/run"}), field) == "s3://bucket/run"
+
+
+def _tiny_model(path) -> None:
+    """A tiny causal LM + tokenizer folder (the synthetic task's builders: no download)."""
+    from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm, train_tokenizer
+
+    tok = train_tokenizer(["the cat sat on the mat", "a dog ran in the park"] * 20, path, vocab_size=300)
+    build_tiny_causal_lm(TinyModelConfig(hidden_size=64, num_heads=2), tok, path)
+
+
+def test_models_at_a_uri_load_through_one_node_cache(s3_server, monkeypatch, tmp_path):
+    """Every loader takes a model folder URI: it is downloaded once into $XDG_CACHE_HOME/cwpo_ray/models/<key>
+    (the key changes with the files), while local paths and hub ids pass through unchanged."""
+    import pyarrow.fs as pafs
+    import torch
+
+    from cwpo_ray import io
+    from cwpo_ray.annotator.scoring import HFScorer, load_scorer_model, load_tokenizer
+    from cwpo_ray.evaluate.gold import HFRewardModel
+    from cwpo_ray.generate.core import HFGenerator
+    from cwpo_ray.prepare.core import token_lengths
+    from cwpo_ray.student.align import RefLogprobScorer
+    from cwpo_ray.student.config import SFTConfig
+    from cwpo_ray.train.tasks import SFTTask
+
+    _aws_env(monkeypatch, s3_server)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    _tiny_model(tmp_path / "lm")
+    uri = "s3://cwpo/models/lm"
+    io.upload_dir(str(tmp_path / "lm"), uri)
+    downloads = []
+    copy = pafs.copy_files
+    def counted(src, dst, **kw):  # downloads into the cache (not uploads)
+        if "/.download-" in dst:
+            downloads.append(src)
+        return copy(src, dst, **kw)
+
+    monkeypatch.setattr(pafs, "copy_files", counted)
+
+    local = io.local_model_dir(uri)
+    assert local.startswith(str(tmp_path / "cache" / "cwpo_ray" / "models")) and len(downloads) == 1
+    assert sorted(os.listdir(local)) == sorted(os.listdir(tmp_path / "lm"))
+    assert io.local_model_dir(uri) == local and len(downloads) == 1  # cached: no second download
+    assert io.local_model_dir("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # hub ids and local paths unchanged
+    assert io.local_model_dir(str(tmp_path / "lm")) == str(tmp_path / "lm")
+    assert io.local_model_dir(f"file://{tmp_path / 'lm'}") == str(tmp_path / "lm")
+    with pytest.raises(FileNotFoundError, match="s3://cwpo/models/none"):
+        io.local_model_dir("s3://cwpo/models/none")
+
+    # every loader of the stages' workers and actors, on the URI
+    n = len(downloads)
+    assert load_tokenizer(uri).pad_token is not None and token_lengths(uri, ["the cat"])[0] > 0
+    scorer = HFScorer(uri, device="cpu", max_length=32)
+    assert scorer.score_texts(["the cat"], [" sat"])[0].shape == (1,)
+    assert HFGenerator(uri).generate(["the cat"], [0], {"temperature": 0.0, "max_new_tokens": 3})[0][1] <= 3
+    RefLogprobScorer(uri, None, max_length=32, max_prompt_length=16)
+    cfg = SFTConfig(model=uri)
+    SFTTask().load_model(cfg, SFTTask().load_tokenizer(cfg), torch.float32)
+    with io.staged_dir("s3://cwpo/models/rm") as d:  # a num_labels=1 head: the gold reward model's shape
+        load_scorer_model(uri).save_pretrained(d)
+        load_tokenizer(uri).save_pretrained(d)
+    assert HFRewardModel("s3://cwpo/models/rm", device="cpu").score(["the cat"], [" sat"]).shape == (1,)
+    assert len(downloads) == n + 1  # the loaders shared the first download; the reward model is a new folder
+
+    # a changed file is a new key (a re-trained model is never read from a stale cache)
+    (tmp_path / "lm" / "config.json").write_text((tmp_path / "lm" / "config.json").read_text() + " ")
+    io.upload_dir(str(tmp_path / "lm"), uri)
+    assert io.local_model_dir(uri) != local
+    assert sorted(os.listdir(tmp_path)) == ["cache", "lm"]  # the loaders wrote nothing to the working directory
+
+
+# The smallest pipeline that runs every stage: 1 method, 2 optimizer steps on 1 worker per training stage, no
+# pretraining of the tiny base models, 4 test prompts x 1 sample. Mechanics only (the numbers mean nothing).
+# What is left is the stages' fixed costs (~150 s on 2 CPUs, the same with a local run_dir). To stay lean,
+# align's reference runs on the fly and evaluate generates with HF: the precomputed-reference scorer and the
+# HF generator load from a URI in the test above, vLLM's engines through the same io.local_model_dir.
+TINY_PIPELINE = [
+    "synthetic.task.num_pairs=200", "synthetic.pretrain=null",
+    "annotator.max_steps=2", "annotator.num_workers=1", "sft.max_steps=2", "sft.num_workers=1",
+    "align.max_steps=2", "align.num_workers=1", "align.reference_mode=on_the_fly",
+    "methods={cw-dpo: {labels: weak, weighting: confidence}}",
+    "evaluate.max_prompts=4", "evaluate.num_samples=1", "evaluate.num_bootstrap=100", "evaluate.sampling.max_new_tokens=8",
+    "evaluate.engine.backend=hf", "stages=[prepare, train-annotator, annotate, sft, align, evaluate]",
+]
+STAGES = ["synthesize", "prepare", "train-annotator", "annotate", "sft", "align/cw-dpo", "evaluate"]
+
+
+@pytest.mark.timeout(900)
+def test_pipeline_on_s3_runs_resumes_and_writes_nothing_locally(s3_server, monkeypatch, tmp_path):
+    """`cwpo demo run_dir=s3://cwpo/run` in a fresh process whose working directory is empty: every stage
+    reads and writes the bucket (Ray workers inherit the driver's AWS_* variables: a local Ray), models are
+    loaded from the node cache under $XDG_CACHE_HOME; a second run skips every stage; afterwards the working
+    directory holds the console's logs only."""
+    import json
+    from pathlib import Path
+
+    from cwpo_ray import io
+
+    _aws_env(monkeypatch, s3_server)
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    cmd = [sys.executable, "-m", "cwpo_ray.cli", "demo", "run_dir=s3://cwpo/run", *TINY_PIPELINE]
+    runs = []
+    for _ in range(2):
+        t0 = time.time()
+        out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=800)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        runs.append((out.stdout, time.time() - t0))
+    manifest = json.loads(io.read_text("s3://cwpo/run/manifest.json"))
+    assert set(manifest) == set(STAGES)
+    for st in STAGES:
+        assert f"{st}: up to date, skipped" not in runs[0][0] and f"{st}: up to date, skipped" in runs[1][0], st
+    print(f"\ns3 pipeline: first run {runs[0][1]:.0f}s, re-run {runs[1][1]:.0f}s (every stage skipped)")
+    assert (cwd / "cwpo-logs" / "driver.log").read_text().count("starting a local Ray") == 1  # the re-run started none
+    # the products are in the bucket
+    for f in ("synthetic/student_base/config.json", "data/labeled", "annotator/model/config.json", "annotator/reliability.png",
+              "annotated/preferences", "annotated/confidence_hist.png", "sft/model/config.json", "sft/ray_train",
+              "align/cw-dpo/model/model.safetensors", "align/cw-dpo/metrics.jsonl", "eval/report.md", "eval/gra.png",
+              "label_stats.json", "config.yaml"):
+        assert io.exists(f"s3://cwpo/run/{f}"), f
+    metrics = json.loads(io.read_text("s3://cwpo/run/eval/metrics.json"))
+    assert 0.0 <= metrics["methods"]["cw-dpo"]["gra"] <= 1.0 and metrics["models"] == {"cw-dpo": "s3://cwpo/run/align/cw-dpo/model"}
+    # nothing in the working directory but the console's logs; downloaded models in the node cache
+    found = sorted(str(p.relative_to(cwd)) for p in Path(cwd).rglob("*"))
+    assert found and all(p.startswith("cwpo-logs") for p in found), found
+    print("working directory afterwards:", found)
+    assert len(os.listdir(home / ".cache" / "cwpo_ray" / "models")) >= 4

@@ -323,6 +323,7 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor, tokenize_cl
     require(cfg, "model", "output_dir")
     if not (cfg.input or cfg.data_dir):
         raise ConfigError("config error: input: give input or data_dir")
+    io.check_input(cfg.model, "model")
     cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),
                                  "input": local_abspath(cfg.input), "output_dir": local_abspath(cfg.output_dir)})
     input_path = cfg.input or io.join(cfg.data_dir, "unlabeled")
@@ -366,9 +367,9 @@ def run_annotate(cfg: AnnotateConfig, actor_cls: type = ScorerActor, tokenize_cl
 
     out = summarize_output(cfg.output_dir, cfg.hist_bins)
     h = out["confidence_hist"]
-    png = os.path.join(io.resolve(cfg.output_dir)[1], "confidence_hist.png") if "://" not in cfg.output_dir else None
-    if png:
-        confidence_histogram(h["counts"], h["edges"], png)
+    with io.staged_dir(cfg.output_dir) as d:  # drawn locally, uploaded to a URI
+        confidence_histogram(h["counts"], h["edges"], os.path.join(d, "confidence_hist.png"))
+    png = io.join(io.absolute(cfg.output_dir), "confidence_hist.png")
     summary = AnnotateResult(
         **out,
         blocks=len(blocks),

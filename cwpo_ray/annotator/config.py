@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import LocalPath, OnBadFile, RayConfig, StrictModel
+from cwpo_ray.config import OnBadFile, RayConfig, StrictModel
 from cwpo_ray.train.config import TrainConfig
 
 
@@ -29,7 +29,7 @@ class AnnotatorTrainConfig(TrainConfig):
 
     model: str | None = None  # hub id or local folder of a causal LM / sequence classifier; pipeline: weak_base
     data_dir: str | None = None  # output of `prepare`: trains on {data_dir}/labeled, evaluates on {data_dir}/validation
-    output_dir: LocalPath | None = None  # writes {output_dir}/model (save_pretrained), plots, summary.json, metrics.jsonl
+    output_dir: str | None = None  # local path or URI; writes {output_dir}/model (save_pretrained), plots, summary.json, metrics.jsonl
     epochs: float = Field(default=5, gt=0)
     lr: float = Field(default=1e-5, gt=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "constant_with_warmup"

@@ -35,7 +35,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     """The model folder's tokenizer, with a pad token (decoder-only models often lack one: use EOS)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from cwpo_ray.io import local_model_dir
+
+    tok = AutoTokenizer.from_pretrained(local_model_dir(path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer of {path} has neither a pad nor an eos token")
@@ -53,19 +55,22 @@ def load_scorer_model(path: str, tokenizer=None, dtype=None, device: str = "cpu"
     """
     from transformers import AutoModelForSequenceClassification
 
+    from cwpo_ray.io import local_model_dir
+
+    local = local_model_dir(path)  # a URI's folder, downloaded to this node's cache
     kwargs = dict(num_labels=1, trust_remote_code=trust_remote_code)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(local, **kwargs)
     except (ValueError, ImportError) as e:  # an architecture without an SDPA path
         if not attn_implementation or "attn" not in str(e).lower():
             raise
         log.warning("attn_implementation=%s unsupported for %s (%s); using the default", attn_implementation, path, e)
         kwargs.pop("attn_implementation")
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(local, **kwargs)
     if model.config.pad_token_id is None:
         if tokenizer is None:
             tokenizer = load_tokenizer(path, trust_remote_code)
@@ -206,8 +211,10 @@ class VLLMScorer:
         dtype = dtype_name(dtype, device)
         self.max_length = max_length
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code)
+        from cwpo_ray.io import local_model_dir
+
         t0 = time.time()
-        self.llm = LLM(model=model_path, runner="pooling", dtype=dtype, max_model_len=max_length,
+        self.llm = LLM(model=local_model_dir(model_path), runner="pooling", dtype=dtype, max_model_len=max_length,
                        enforce_eager=enforce_eager, trust_remote_code=trust_remote_code,
                        gpu_memory_utilization=gpu_memory_utilization)
         log.info("vLLM pooling engine for %s up in %.1fs", model_path, time.time() - t0)

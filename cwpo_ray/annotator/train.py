@@ -80,9 +80,11 @@ def evaluate_annotator(model_dir: str, eval_path: str | list[str], out_dir: str,
     y_a = np.array([r["human_label"] == "a" for r in rows], dtype=np.int64)
     ev = evaluate_pairs(s_a, s_b, y_a, n_bins)
     ev["unlabeled_skipped"] = table.num_rows - len(rows)
-    io.makedirs(out_dir)
-    ev["reliability_png"] = reliability_plot(ev["reliability"], os.path.join(out_dir, "reliability.png"))
-    ev["top_confident_png"] = top_confident_plot(ev["top_confident_accuracy"], os.path.join(out_dir, "top_confident.png"))
+    with io.staged_dir(out_dir) as d:  # plots are drawn locally, then uploaded to a URI
+        reliability_plot(ev["reliability"], os.path.join(d, "reliability.png"))
+        top_confident_plot(ev["top_confident_accuracy"], os.path.join(d, "top_confident.png"))
+    ev["reliability_png"] = io.join(io.absolute(out_dir), "reliability.png")
+    ev["top_confident_png"] = io.join(io.absolute(out_dir), "top_confident.png")
     return ev
 
 
@@ -92,15 +94,14 @@ def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     from cwpo_ray.runtime import init_ray
     from cwpo_ray.train.tasks import BTTask
-    from cwpo_ray.train.trainer import fit, train_metrics
+    from cwpo_ray.train.trainer import check_train_storage, fit, train_metrics
 
     require(cfg, "model", "data_dir", "output_dir")
-    if "://" in cfg.output_dir:
-        raise ConfigError("config error: output_dir: train-annotator writes a local/shared folder (got a URI)")
-    out = os.path.abspath(cfg.output_dir)
+    check_train_storage(cfg)
+    out = io.absolute(cfg.output_dir)
     cfg = cfg.model_copy(update={"model": local_abspath(cfg.model, must_exist=True), "data_dir": local_abspath(cfg.data_dir),
                                  "tokenizer": local_abspath(cfg.tokenizer, must_exist=True), "output_dir": out})
-    os.makedirs(out, exist_ok=True)
+    io.makedirs(out)
     # The held-out split's files are checked now, before any compute, like the labeled split's (load_pairs):
     # a bad one is quarantined with those (or, on_bad_file=fail, stops the run here).
     eval_path = io.join(cfg.data_dir, EVAL_SPLIT)

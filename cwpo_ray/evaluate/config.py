@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cwpo_ray.config import LocalPath, OnBadFile, RayConfig, StrictModel, TrackingConfig
+from cwpo_ray.config import OnBadFile, RayConfig, StrictModel, TrackingConfig
 from cwpo_ray.evaluate.gold import GoldConfig
 from cwpo_ray.generate.config import EngineConfig, SamplingConfig
 
@@ -25,7 +25,7 @@ class EvaluateConfig(StrictModel):
     # its own reference is also compared with sft_model (``methods_vs_common`` in the result).
     baselines: dict[str, str] = Field(default_factory=dict)
     compare_to: dict[str, str] = Field(default_factory=dict)
-    output_dir: LocalPath | None = None  # required; the pipeline sets {run_dir}/eval
+    output_dir: str | None = None  # required, a local path or a URI; the pipeline sets {run_dir}/eval
     max_prompts: int | None = Field(default=None, gt=0)
     # Responses per prompt and model; GRA averages each prompt's k comparisons (sample j vs sample j).
     num_samples: int = Field(default=4, ge=1)

@@ -85,13 +85,15 @@ class HFRewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from cwpo_ray.io import local_model_dir
         from cwpo_ray.runtime import torch_dtype
 
         self.torch, self.device, self.batch_size, self.max_length = torch, device, batch_size, max_length
         self.name = f"hf:{model}"
-        self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        local = local_model_dir(model)  # a URI's folder, downloaded to this node's cache
+        self.tok = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            model, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code).to(device).eval()
+            local, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code).to(device).eval()
         if self.model.config.num_labels != 1:
             raise ValueError(f"gold reward model {model} has num_labels={self.model.config.num_labels}, expected 1")
         if self.tok.pad_token is None:
@@ -137,13 +139,15 @@ class SteamSHPJudge:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+        from cwpo_ray.io import local_model_dir
         from cwpo_ray.runtime import torch_dtype
 
         self.torch, self.device, self.batch_size, self.max_length = torch, device, batch_size, max_length
         self.name = f"steamshp:{model}"
-        self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        local = local_model_dir(model)  # a URI's folder, downloaded to this node's cache
+        self.tok = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(
-            model, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code).to(device).eval()
+            local, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code).to(device).eval()
         ids = self.tok("A", add_special_tokens=False).input_ids
         if len(ids) != 1:
             raise ValueError(f"steamshp judge {model}: 'A' is {len(ids)} tokens in its tokenizer, expected 1")

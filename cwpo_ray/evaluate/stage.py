@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cwpo_ray import console, io
@@ -69,23 +67,28 @@ def score_gold(table: pa.Table, gold: GoldConfig) -> np.ndarray:
 
 def _report_files(output_dir: str) -> ReportFiles:
     """Where :func:`_write_outputs` puts report.md and the plots (absolute local paths, or URIs)."""
-    fs, root = io.resolve(output_dir)
-    base = root if isinstance(fs, pafs.LocalFileSystem) else output_dir
-    return ReportFiles(**{k: io.join(base, f) for k, f in REPORT_FILES.items()})
+    return ReportFiles(**{k: io.join(io.absolute(output_dir), f) for k, f in REPORT_FILES.items()})
 
 
 def _write_outputs(output_dir: str, responses: pa.Table, metrics: EvaluateResult, scores: dict[str, np.ndarray]) -> None:
-    """responses.parquet, report.md + plots and metrics.json = summary.json (made locally, then copied to a URI)."""
-    fs, root = io.resolve(output_dir)
-    local = isinstance(fs, pafs.LocalFileSystem)
-    work = root if local else tempfile.mkdtemp(prefix="cwpo_eval_")
-    os.makedirs(work, exist_ok=True)
-    pq.write_table(responses, os.path.join(work, "responses.parquet"))
-    write_report(metrics, scores, work)
-    for name in ("metrics.json", "summary.json"):
-        write_result(work, metrics, name)
-    if not local:
-        pafs.copy_files(work, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    """responses.parquet, report.md + plots and metrics.json = summary.json (made locally, then uploaded to a URI)."""
+    with io.staged_dir(output_dir) as work:
+        pq.write_table(responses, os.path.join(work, "responses.parquet"))
+        write_report(metrics, scores, work)
+        for name in ("metrics.json", "summary.json"):
+            write_result(work, metrics, name)
+
+
+def check_evaluate_storage(cfg: EvaluateConfig) -> None:
+    """Fail fast, before any compute, with one line naming the field: the output's store and every input
+    given as a URI (prompts, models, the gold reward model)."""
+    io.check_storage(cfg.output_dir, "output_dir")
+    io.check_input(cfg.prompts_path, "prompts_path")
+    io.check_input(cfg.sft_model, "sft_model")
+    for section in ("models", "baselines"):
+        for name, path in getattr(cfg, section).items():
+            io.check_input(path, f"{section}.{name}")
+    io.check_input(cfg.gold.model, "gold.model")
 
 
 def load_prompts(cfg: EvaluateConfig) -> tuple[list[str], dict, InputCheck, dict]:
@@ -145,7 +148,7 @@ def response_cache_path(path: str, prompt_ids: list[str], k: int, sampling, engi
     import hashlib
     import json
 
-    if "://" in path or not os.path.isdir(path):
+    if io.is_remote(path) or not os.path.isdir(path):
         return None
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in os.scandir(path) if f.is_file())
     h = hashlib.blake2b(digest_size=16)
@@ -215,6 +218,7 @@ def _generate_models(prompts: list[str], models: dict[str, tuple[str, object]], 
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Generate with every model on the same prompts (same per-prompt seeds), score, compute GRA."""
     require(cfg, "prompts_path", "sft_model", "output_dir")
+    check_evaluate_storage(cfg)
     t_start = time.time()
     prompts, prompt_counts, check, quarantine_reasons = load_prompts(cfg)  # before any compute
     init_ray(cfg.ray)

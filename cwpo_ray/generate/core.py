@@ -132,8 +132,11 @@ class HFGenerator:
 
         self.torch = torch
         self.device = device
-        self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype(dtype, device),
+        from cwpo_ray.io import local_model_dir
+
+        local = local_model_dir(model)  # a URI's folder, downloaded to this node's cache
+        self.tok = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(local, dtype=torch_dtype(dtype, device),
                                                           trust_remote_code=trust_remote_code)
         self.model.to(device).eval()
         self.eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.model.config.eos_token_id

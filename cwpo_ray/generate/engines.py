@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from cwpo_ray.generate.config import EngineConfig, SamplingConfig
 from cwpo_ray.generate.core import HFGenerator, sampling_kwargs
+from cwpo_ray.io import local_model_dir
 from cwpo_ray.runtime import cluster_device, dtype_name, vllm_cpu_env
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class VLLMPredictor:
             try:
                 from vllm import LLM
 
-                self.llm = LLM(model=path, seed=sampling["seed"], **vllm_engine_kwargs(self.eng, self.device))
+                self.llm = LLM(model=local_model_dir(path), seed=sampling["seed"], **vllm_engine_kwargs(self.eng, self.device))
             except Exception as e:  # noqa: BLE001 - any load failure is a reason to fall back (or fail)
                 if not self.eng.hf_fallback:
                     raise
@@ -197,7 +198,7 @@ def _vllm_load_check(model: str, kwargs: dict[str, Any]) -> str | None:
     try:
         from vllm.engine.arg_utils import EngineArgs
 
-        EngineArgs(model=model, **kwargs).create_model_config()
+        EngineArgs(model=local_model_dir(model), **kwargs).create_model_config()
         return None
     except Exception as e:  # noqa: BLE001
         return _first_line(e)
@@ -213,6 +214,7 @@ def _generate_ray_data_llm(requests, model: str, sampling: SamplingConfig, engin
     if device == "cpu":  # the default placement asks for a GPU and waits forever on a CPU cluster
         extra = dict(placement_group_config={"bundles": [{"CPU": engine.cpu_threads}]}, accelerator_type=None)
     cfg = vLLMEngineProcessorConfig(
+        # a URI (s3://, gs://, abfss://): Ray Data LLM downloads the folder to each engine's node itself
         model_source=model, engine_kwargs=kw, batch_size=engine.batch_size, concurrency=engine.num_engines,
         runtime_env={"env_vars": env}, log_engine_metrics=False,  # metrics need ray[serve]
         chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, **extra)

@@ -152,6 +152,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     require(cfg, "model", "prompts_path", "output_dir")
     io.check_storage(cfg.output_dir, "output_dir")
     io.check_storage(cfg.prompts_path, "prompts_path", must_exist=True)
+    io.check_input(cfg.model, "model")
     init_ray(cfg.ray)
     t_start = time.time()
     for sub in ("candidates", "pairs", "quarantine"):

@@ -49,7 +49,9 @@ def parse_json_lines(lines: Iterable[bytes], locs: Iterable[str]) -> Iterable[tu
 def _load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name)
+    from cwpo_ray.io import local_model_dir
+
+    return AutoTokenizer.from_pretrained(local_model_dir(name))
 
 
 def token_lengths(tokenizer: str, texts: list[str]) -> list[int]:

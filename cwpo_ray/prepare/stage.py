@@ -206,6 +206,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareResult:
         raise ConfigError("config error: sources: at least one source is required")
     require(cfg, "output_dir")
     io.check_storage(cfg.output_dir, "output_dir")
+    io.check_input(cfg.tokenizer, "tokenizer")
     # Every input file is checked from metadata before Ray starts: fail (one line) or set bad files aside.
     checks = [check_source(s, cfg, i) for i, s in enumerate(cfg.sources)]
     bad_files = [(s, b) for s, c in zip(cfg.sources, checks) if c for b in c.bad]

@@ -20,7 +20,7 @@ from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encod
 from cwpo_ray.student.stage import load_pairs, with_weights
 from cwpo_ray.tracking import tracked_stage
 from cwpo_ray.train.tasks import AlignTask
-from cwpo_ray.train.trainer import fit, train_metrics
+from cwpo_ray.train.trainer import check_train_storage, fit, train_metrics
 
 
 def score_reference(model, rows: list[dict], pad: int, batch_size: int, device) -> dict[str, list]:
@@ -55,9 +55,9 @@ class RefLogprobScorer:
 
         self.torch = torch
         self.device = torch.device(local_device())
-        tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(io.local_model_dir(tokenizer or model), trust_remote_code=trust_remote_code)
         self.enc = PairEncoder(tok, max_length, max_prompt_length)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if bf16 else torch.float32,
+        lm = AutoModelForCausalLM.from_pretrained(io.local_model_dir(model), dtype=torch.bfloat16 if bf16 else torch.float32,
                                                   trust_remote_code=trust_remote_code)
         self.model = SequenceLogprobs(lm, chunk_size).to(self.device).eval()
         self.batch_size = batch_size
@@ -96,6 +96,7 @@ def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: lis
     """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     require(cfg, "model", "data_dir", "output_dir")
+    check_train_storage(cfg)
     init_ray(cfg.ray)
     t0 = time.time()
     ds, counts = load_pairs(cfg, needs_scores=cfg.weighting.endswith("delta"))

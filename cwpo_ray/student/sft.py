@@ -15,7 +15,7 @@ from cwpo_ray.student.config import SFTConfig
 from cwpo_ray.student.stage import load_pairs
 from cwpo_ray.tracking import tracked_stage
 from cwpo_ray.train.tasks import SFTTask
-from cwpo_ray.train.trainer import fit, train_metrics
+from cwpo_ray.train.trainer import check_train_storage, fit, train_metrics
 
 
 @tracked_stage("sft", lambda r: [f"{r.output_dir}/metrics.jsonl"])
@@ -23,6 +23,7 @@ def run_sft(cfg: SFTConfig, callbacks: list | None = None, worker_hooks: list | 
     """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
     require(cfg, "model", "data_dir", "output_dir")
+    check_train_storage(cfg)
     init_ray(cfg.ray)
     t0 = time.time()
     ds, counts = load_pairs(cfg, needs_scores=False)

@@ -92,7 +92,7 @@ def trial_configs(cfg: SweepConfig, point: dict, seed: int, method: str, split: 
            "methods": {method: base.methods[method].model_dump()}}
     paths = [f"prepare.output_dir={shared_run.data}", f"annotator.output_dir={shared_run.annotator}",
              f"annotate.output_dir={shared_run.annotated}", f"sft.output_dir={shared_run.sft}",
-             f"evaluate.prompts_path={shared_run.data / split}", f"evaluate.output_dir={tdir / f'eval_{split}'}"]
+             f"evaluate.prompts_path={shared_run.data}/{split}", f"evaluate.output_dir={tdir / f'eval_{split}'}"]
     if base.synthetic is not None:
         paths.append(f"synthetic.output_dir={shared_run.synthetic}")
     return shared, build_config(PipelineConfig, own, [*seeded, *paths])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from cwpo_ray.config import LocalPath, StrictModel, require
+from cwpo_ray import io
+from cwpo_ray.config import StrictModel, require
 from cwpo_ray.results import SynthesizeResult, write_result
 from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm, train_tokenizer
 from cwpo_ray.synthetic.pretrain import PretrainConfig
@@ -22,7 +23,7 @@ def _student_default() -> TinyModelConfig:
 
 
 class SyntheticConfig(StrictModel):
-    output_dir: LocalPath | None = None  # the pipeline sets {run_dir}/synthetic
+    output_dir: str | None = None  # a local path or a URI; the pipeline sets {run_dir}/synthetic
     task: SyntheticTaskConfig = Field(default_factory=SyntheticTaskConfig)
     weak: TinyModelConfig = Field(default_factory=_weak_default)  # weak annotator backbone
     student: TinyModelConfig = Field(default_factory=_student_default)  # student (larger than weak)
@@ -35,24 +36,27 @@ class SyntheticConfig(StrictModel):
 def build_synthetic(cfg: SyntheticConfig) -> SynthesizeResult:
     """Writes the task and returns its summary (also ``{output_dir}/manifest.json``): ``paths`` (data
     (canonical jsonl), tokenizer, weak_base, student_base, gold (jsonl)), measured ``labels`` statistics
-    and ``pretrain`` stats per base model."""
+    and ``pretrain`` stats per base model. ``output_dir`` may be a URI: the files are written to a local
+    staging folder, then uploaded."""
     require(cfg, "output_dir")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    io.check_storage(cfg.output_dir, "output_dir")
+    out = io.absolute(cfg.output_dir)
     task = SyntheticTask(cfg.task)
     rows = task.rows()
-    with open(out / "pairs.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps({k: r[k] for k in ("prompt", "response_a", "response_b", "human_label")}) + "\n")
-    with open(out / "gold.jsonl", "w") as f:  # diagnostics only; never read by training
-        for r in rows:
-            f.write(json.dumps({"prompt": r["prompt"], "gold_a": r["gold_a"], "gold_b": r["gold_b"]}) + "\n")
-    tok = train_tokenizer(task.corpus(), out / "tokenizer", cfg.vocab_size)
-    jobs = {name: (mcfg, task.pretraining_texts(cfg.pretrain.num_texts, seed=cfg.task.seed * 1000 + 7 + i) if cfg.pretrain else None)
-            for i, (name, mcfg) in enumerate((("weak_base", cfg.weak), ("student_base", cfg.student)))}
-    bases, pretrain = _build_bases(jobs, tok, out, cfg.pretrain)
-    paths = {"data": str(out / "pairs.jsonl"), "gold": str(out / "gold.jsonl"), "tokenizer": str(out / "tokenizer"),
-             "weak_base": str(bases["weak_base"]), "student_base": str(bases["student_base"])}
+    with io.staged_dir(out) as d:
+        stage = Path(d)
+        with open(stage / "pairs.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps({k: r[k] for k in ("prompt", "response_a", "response_b", "human_label")}) + "\n")
+        with open(stage / "gold.jsonl", "w") as f:  # diagnostics only; never read by training
+            for r in rows:
+                f.write(json.dumps({"prompt": r["prompt"], "gold_a": r["gold_a"], "gold_b": r["gold_b"]}) + "\n")
+        tok = train_tokenizer(task.corpus(), stage / "tokenizer", cfg.vocab_size)
+        jobs = {name: (mcfg, task.pretraining_texts(cfg.pretrain.num_texts, seed=cfg.task.seed * 1000 + 7 + i) if cfg.pretrain else None)
+                for i, (name, mcfg) in enumerate((("weak_base", cfg.weak), ("student_base", cfg.student)))}
+        _, pretrain = _build_bases(jobs, tok, stage, cfg.pretrain)
+    paths = {"data": io.join(out, "pairs.jsonl"), "gold": io.join(out, "gold.jsonl"), "tokenizer": io.join(out, "tokenizer"),
+             "weak_base": io.join(out, "weak_base"), "student_base": io.join(out, "student_base")}
     labels = {**label_statistics(rows), "label_temperature": task.temperature,
               "target_agreement": cfg.task.human_agreement}
     summary = SynthesizeResult(config=cfg.model_dump(mode="json"), paths=paths, labels=labels, pretrain=pretrain)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cwpo_ray.config import LocalPath, LoraSettings, OnBadFile, RayConfig, StrictModel, TrackingConfig
+from cwpo_ray.config import LoraSettings, OnBadFile, RayConfig, StrictModel, TrackingConfig
 
 
 class TrainConfig(StrictModel):
@@ -20,7 +20,7 @@ class TrainConfig(StrictModel):
     trust_remote_code: bool = False
     data_dir: str | None = None  # parquet folder / file (URI ok)
     on_bad_file: OnBadFile = "quarantine"  # an unreadable / wrong-schema parquet file in data_dir
-    output_dir: LocalPath | None = None  # {output_dir}/model (save_pretrained), summary.json, metrics.jsonl, checkpoints
+    output_dir: str | None = None  # local path or URI: {output_dir}/model (save_pretrained), summary.json, metrics.jsonl, checkpoints
     max_length: int = Field(default=512, gt=8)  # tokens per sequence (prompt + response)
     epochs: float = Field(default=3, gt=0)
     max_steps: int | None = Field(default=None, gt=0)  # optimizer steps; overrides epochs when set

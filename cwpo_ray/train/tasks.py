@@ -102,12 +102,17 @@ class _StudentTask:
     def load_tokenizer(self, cfg):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
+        from cwpo_ray.io import local_model_dir
+
+        return AutoTokenizer.from_pretrained(local_model_dir(cfg.tokenizer or cfg.model), trust_remote_code=cfg.trust_remote_code)
 
     def load_model(self, cfg, tokenizer, dtype, name: str | None = None):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(name or cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        from cwpo_ray.io import local_model_dir
+
+        return AutoModelForCausalLM.from_pretrained(local_model_dir(name or cfg.model), dtype=dtype,
+                                                    trust_remote_code=cfg.trust_remote_code)
 
     def frozen_model(self, cfg, hf_model, dtype):
         return None

@@ -27,9 +27,9 @@ class MetricsLogger(UserCallback):
     """
 
     def __init__(self, output_dir: str, tensorboard: bool = True):
-        self.remote = "://" in output_dir and not output_dir.startswith("file://")
+        self.remote = io.is_remote(output_dir)
         # absolute here, on the driver: the callback runs in the Ray Train controller, elsewhere
-        self.output_dir = output_dir if self.remote else io.resolve(output_dir)[1]
+        self.output_dir = io.absolute(output_dir)
         self.path = io.join(self.output_dir, METRICS_FILE)
         self.tensorboard = tensorboard and not self.remote
         self.rows: list[dict] = []
@@ -94,6 +94,14 @@ class FitResult:
     final_metrics: dict[str, float]  # the last report's numeric metrics
 
 
+def check_train_storage(cfg) -> None:
+    """Fail fast, before Ray starts, with one line naming the field: ``output_dir``'s store (scheme,
+    endpoint, credentials, bucket) and every input given as a URI (model, tokenizer, data_dir, reference)."""
+    io.check_storage(cfg.output_dir, "output_dir")
+    for field in ("model", "tokenizer", "reference", "data_dir"):
+        io.check_input(getattr(cfg, field, None), field)
+
+
 def check_optimizer(cfg) -> None:
     """Fail before any worker starts when the configured optimizer cannot be built where it will run."""
     import importlib.util
@@ -124,7 +132,7 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
     task = resolve_task(task)
     check_optimizer(cfg)
     out = cfg.output_dir
-    storage = out if "://" in out else os.path.abspath(out)
+    storage = io.absolute(out)  # Ray Train checkpoints: {output_dir}/ray_train, on any pyarrow.fs filesystem
     if not cfg.resume:  # Ray Train would otherwise pick up an earlier run of the same name
         io.rmtree(io.join(storage, "ray_train", task.name))
     logger = MetricsLogger(out)
