@@ -240,7 +240,13 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
         syn = _fill(cfg.synthetic, "synthetic", output_dir=run.synthetic)
-        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
+        def synthesize() -> SynthesizeResult:  # on Ray: the two base models pretrain side by side
+            from cwpo_ray.runtime import init_ray
+
+            init_ray(cfg.ray)
+            return build_synthetic(syn)
+
+        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, synthesize,
                           format_synthesize).paths
 
     # 2. prepare ------------------------------------------------------------------------------------
