@@ -240,13 +240,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
         syn = _fill(cfg.synthetic, "synthetic", output_dir=run.synthetic)
-        def synthesize() -> SynthesizeResult:  # on Ray: the two base models pretrain side by side
-            from cwpo_ray.runtime import init_ray
-
-            init_ray(cfg.ray)
-            return build_synthetic(syn)
-
-        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, synthesize,
+        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
                           format_synthesize).paths
 
     # 2. prepare ------------------------------------------------------------------------------------

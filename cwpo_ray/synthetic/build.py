@@ -43,6 +43,7 @@ def build_synthetic(cfg: SyntheticConfig) -> SynthesizeResult:
     out = io.absolute(cfg.output_dir)
     task = SyntheticTask(cfg.task)
     rows = task.rows()
+    pretrain: dict = {}
     with io.staged_dir(out) as d:
         stage = Path(d)
         with open(stage / "pairs.jsonl", "w") as f:
@@ -52,9 +53,9 @@ def build_synthetic(cfg: SyntheticConfig) -> SynthesizeResult:
             for r in rows:
                 f.write(json.dumps({"prompt": r["prompt"], "gold_a": r["gold_a"], "gold_b": r["gold_b"]}) + "\n")
         tok = train_tokenizer(task.corpus(), stage / "tokenizer", cfg.vocab_size)
-        jobs = {name: (mcfg, task.pretraining_texts(cfg.pretrain.num_texts, seed=cfg.task.seed * 1000 + 7 + i) if cfg.pretrain else None)
-                for i, (name, mcfg) in enumerate((("weak_base", cfg.weak), ("student_base", cfg.student)))}
-        _, pretrain = _build_bases(jobs, tok, stage, cfg.pretrain)
+        for i, (name, mcfg) in enumerate((("weak_base", cfg.weak), ("student_base", cfg.student))):
+            texts = task.pretraining_texts(cfg.pretrain.num_texts, seed=cfg.task.seed * 1000 + 7 + i) if cfg.pretrain else None
+            _, pretrain[name] = build_tiny_causal_lm(mcfg, tok, stage / name, texts, cfg.pretrain)
     paths = {"data": io.join(out, "pairs.jsonl"), "gold": io.join(out, "gold.jsonl"), "tokenizer": io.join(out, "tokenizer"),
              "weak_base": io.join(out, "weak_base"), "student_base": io.join(out, "student_base")}
     labels = {**label_statistics(rows), "label_temperature": task.temperature,
@@ -62,42 +63,6 @@ def build_synthetic(cfg: SyntheticConfig) -> SynthesizeResult:
     summary = SynthesizeResult(config=cfg.model_dump(mode="json"), paths=paths, labels=labels, pretrain=pretrain)
     write_result(out, summary, "manifest.json")
     return summary
-
-
-def _build_one(mcfg: TinyModelConfig, tok, out_dir: str, texts, pretrain, metrics_path: str, threads: int | None):
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    return build_tiny_causal_lm(mcfg, tok, out_dir, texts, pretrain, metrics_path=metrics_path)
-
-
-def _build_bases(jobs: dict, tok, out: Path, pretrain) -> tuple[dict, dict]:
-    """Build (and pretrain) the base models. On a running Ray, side by side: one single-threaded Ray task
-    per model on this node (they write into ``out``), with progress bars that follow each task's
-    ``{name}_pretrain.jsonl``; without Ray, one after the other in this process. The numbers are the same
-    either way: these tiny models' kernels give the same bits on 1 thread as on several (checked on 2)."""
-    import ray
-
-    from cwpo_ray import console
-
-    logs = {name: str(out / f"{name}_pretrain.jsonl") for name in jobs}
-    if not ray.is_initialized():
-        built = {name: _build_one(m, tok, str(out / name), texts, pretrain, logs[name], None) for name, (m, texts) in jobs.items()}
-    else:
-        from contextlib import ExitStack
-
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        task = ray.remote(num_cpus=1, scheduling_strategy=here)(_build_one)
-        refs = {name: task.remote(m, tok, str(out / name), texts, pretrain, logs[name], 1) for name, (m, texts) in jobs.items()}
-        with ExitStack() as bars:
-            for name in jobs:
-                if pretrain:
-                    bars.enter_context(console.metrics_bar(logs[name], f"pretrain {name}"))
-            built = dict(zip(refs, ray.get(list(refs.values()))))
-    return {n: b[0] for n, b in built.items()}, {n: b[1] for n, b in built.items()}
 
 
 def format_synthesize(s: SynthesizeResult) -> str:

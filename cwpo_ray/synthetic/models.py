@@ -61,10 +61,9 @@ def train_tokenizer(corpus: list[str], out_dir: str | Path, vocab_size: int = 51
 
 
 def build_tiny_causal_lm(cfg: TinyModelConfig, tokenizer, out_dir: str | Path, pretrain_texts: list[str] | None = None,
-                         pretrain=None, metrics_path: str | None = None) -> tuple[Path, dict | None]:
+                         pretrain=None) -> tuple[Path, dict | None]:
     """A tiny causal LM (+ its tokenizer) saved with ``save_pretrained``: randomly initialised, then
-    pretrained on ``pretrain_texts`` with ``pretrain`` (a :class:`PretrainConfig`) when given
-    (``metrics_path``: see :func:`~cwpo_ray.synthetic.pretrain.pretrain_causal_lm`).
+    pretrained on ``pretrain_texts`` with ``pretrain`` (a :class:`PretrainConfig`) when given.
     Returns (folder, pretraining stats or None)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, Qwen2Config
@@ -88,7 +87,7 @@ def build_tiny_causal_lm(cfg: TinyModelConfig, tokenizer, out_dir: str | Path, p
         from cwpo_ray.synthetic.pretrain import PretrainConfig, pretrain_causal_lm
 
         stats = pretrain_causal_lm(model, tokenizer, pretrain_texts, pretrain or PretrainConfig(),
-                                   desc=f"pretrain {Path(out_dir).name}", metrics_path=metrics_path)
+                                   desc=f"pretrain {Path(out_dir).name}")
         stats["parameters"] = model.num_parameters()
     out = Path(out_dir)
     model.save_pretrained(str(out))

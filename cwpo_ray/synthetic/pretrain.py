@@ -27,13 +27,8 @@ class PretrainConfig(StrictModel):
     seed: int = 0
 
 
-def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, desc: str = "pretrain",
-                       metrics_path: str | None = None) -> dict:
-    """Train ``model`` in place on ``texts`` (+ EOS) with the causal-LM loss; returns loss stats.
-    ``metrics_path``: a local ``.jsonl`` that gets a ``{step, total_steps, loss}`` row every 10 steps (for a
-    progress bar that follows it, :func:`cwpo_ray.console.metrics_bar`, when this runs in a Ray task)."""
-    import json
-
+def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, desc: str = "pretrain") -> dict:
+    """Train ``model`` in place on ``texts`` (+ EOS) with the causal-LM loss; returns loss stats."""
     import torch
     from transformers import get_scheduler
 
@@ -57,7 +52,6 @@ def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, 
     losses: list[float] = []
     step = 0
     bar = progress_bar(total=total, desc=desc, unit="step")
-    log = open(metrics_path, "w") if metrics_path else None
     while step < total:
         rng.shuffle(order)
         for s in range(0, len(order), cfg.batch_size):
@@ -74,14 +68,9 @@ def pretrain_causal_lm(model, tokenizer, texts: list[str], cfg: PretrainConfig, 
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if log and (step % 10 == 0 or step == total):
-                log.write(json.dumps({"step": step, "total_steps": total, "loss": losses[-1]}) + "\n")
-                log.flush()
             if step >= total:
                 break
     bar.close()
-    if log:
-        log.close()
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
     return {"steps": step, "first_loss": losses[0], "final_loss": sum(tail) / len(tail), "texts": len(texts)}
