@@ -90,7 +90,7 @@ def list_files(path: str, suffixes: tuple[str, ...] = (".parquet",), what: str =
         raise ConfigError(f"config error: {what}: {path!r} does not exist")
     if info.type == pafs.FileType.File:
         return [path]
-    prefix = path[: len(path) - len(p)] if "://" in path and not path.startswith("file://") else ""
+    prefix = path[: len(path) - len(p)] if io.is_remote(path) else ""
     out = []
     for f in fs.get_file_info(pafs.FileSelector(p, recursive=True)):
         rel = f.path[len(p):].lstrip("/")
