@@ -26,6 +26,16 @@ import sys
 import tempfile
 import time
 
+def _process_start() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - a timing, not a result
+        return time.time()
+
+
+_PROCESS_START = _process_start()
 CKPT_TAG = "ds"
 STATE_FILE = "train_state.json"
 FINAL_MARK = "final_model.json"
@@ -113,6 +123,7 @@ class Recipe:
         self.log = worker_logger(self.task.name)
         self.state = {"micro_step": 0, "step": 0, "epoch": 0, "batch_in_epoch": 0, "resumed_from": -1}
         self.reference_seconds: float | None = None
+        self.phases: dict[str, float] = {}  # wall seconds of each setup phase, train and save (rank 0 logs them)
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup_model(self) -> None:
@@ -201,11 +212,16 @@ class Recipe:
         if self.rank == 0:
             self.log.info("reference log-probs of %d pairs in %.1fs (this worker's shard)", n, self.reference_seconds)
 
+    def _timed(self, phase: str, fn) -> None:
+        t = time.time()
+        fn()
+        self.phases[phase] = round(time.time() - t, 2)
+
     def setup(self) -> "Recipe":
-        self.setup_model()
-        self.setup_reference()
-        self.setup_optimizer()
-        self.resume()
+        self._timed("model", self.setup_model)
+        self._timed("reference", self.setup_reference)
+        self._timed("optimizer", self.setup_optimizer)
+        self._timed("resume", self.resume)
         if self.rank == 0:
             s = self.sched
             self.log.info("%d rows/worker x %d workers, %d steps (%d warm-up), ZeRO-%d, %s on %s",
@@ -278,6 +294,7 @@ class Recipe:
         acc: dict = {}
         n_acc, t_last, items = 0, time.time(), 0
         engine.train()
+        t_train = time.time()
         done = state["micro_step"] >= sched["total_micro"]
         while not done:
             skip, seen = state["batch_in_epoch"], 0  # on resume: batches already trained in this epoch
@@ -325,8 +342,13 @@ class Recipe:
             if not done:
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
+        self.phases["train"] = round(time.time() - t_train, 2)
         extra = {"reference_seconds": self.reference_seconds} if self.reference_seconds is not None else {}
+        t = time.time()
         self.report({"step": state["step"], "final": 1, "resumed_from": state["resumed_from"], **extra}, with_ckpt=True, final=True)
+        self.phases["save"] = round(time.time() - t, 2)
+        if self.rank == 0:
+            self.log.info("seconds: %s", " ".join(f"{k} {v:.1f}" for k, v in self.phases.items()))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -334,4 +356,8 @@ def train_loop_per_worker(config: dict) -> None:
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # don't JIT-build the shm comm op
-    Recipe(config).setup().train()
+    t = time.time()
+    recipe = Recipe(config)
+    recipe.phases["process"] = round(t - _PROCESS_START, 2)  # worker process start -> here: imports (torch, Ray Train, DeepSpeed)
+    recipe.phases["init"] = round(time.time() - t, 2)
+    recipe.setup().train()
