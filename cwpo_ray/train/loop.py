@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+
 def _process_start() -> float:
     try:
         import psutil
