@@ -1,4 +1,5 @@
-"""The pipeline end to end on a small synthetic task: killed mid-stage, re-run resumes."""
+"""The pipeline end to end on a small synthetic task: killed mid-stage, a re-run resumes; the same config
+again on an object store (moto's S3 server) gives the same numbers and writes nothing locally."""
 import json
 import os
 import signal
@@ -78,34 +79,88 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
 def _labels(run):
     import pyarrow.parquet as pq
 
-    t = pq.read_table(run / "annotated" / "preferences").sort_by("pair_id")
+    from cwpo_ray import io
+
+    fs, path = io.resolve(io.join(str(run), "annotated", "preferences"))
+    t = pq.read_table(path, filesystem=fs).sort_by("pair_id")
     return t.select(["pair_id", "chosen", "rejected", "score_chosen", "confidence"]).to_pydict()
 
 
+@pytest.fixture(scope="module")
+def s3_bucket():
+    """moto's S3 server on 127.0.0.1 with an empty bucket ``cwpo`` (tests/s3.py)."""
+    from tests.s3 import make_bucket, start_moto
+
+    p, endpoint = start_moto()
+    make_bucket(endpoint, "cwpo")
+    yield endpoint
+    p.terminate()
+    p.wait(timeout=30)
+
+
 @pytest.mark.timeout(900)
-def test_same_config_and_seed_give_identical_numbers(tmp_path):
-    """A fresh run with the resume test's config reproduces its labels, weights and GRA exactly (the
-    other run was killed mid-SFT and resumed, so this also shows that resuming changes no number)."""
+def test_same_config_on_s3_gives_identical_numbers_and_writes_nothing_locally(s3_bucket, monkeypatch, tmp_path):
+    """The resume test's config again, in a fresh process, with ``run_dir=s3://cwpo/run`` on a real S3 API
+    (moto's server) and an empty working directory. It proves three things with one run:
+
+    * determinism: labels, weights, every logged training loss and GRA equal the local run's bit for bit
+      (that run was killed mid-SFT and resumed, so resuming changes no number either; nor does storage);
+    * object-store run folders: every stage reads and writes the bucket (models through the node cache
+      under $XDG_CACHE_HOME, vLLM's engines included), a re-run skips every stage and starts no Ray, and
+      the working directory holds the console's logs only;
+    * the quiet console: one line per stage, the results and the stage table (library logs in files).
+    """
+    from pathlib import Path
+
+    from cwpo_ray import io
+    from tests.s3 import aws_env
+
     first = _RUNS.get("killed_and_resumed")
     if first is None or not (first / "eval" / "metrics.json").exists():
         pytest.skip("needs the resume test's finished run (same module, runs first)")
-    run = tmp_path / "again"
+    aws_env(monkeypatch, s3_bucket)
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     # without the `generate` showcase (nothing downstream reads it): every other stage's config is the same
-    cmd = [sys.executable, "-m", "cwpo_ray.cli", "demo", f"run_dir={run}", *SMALL,
-           "stages=[prepare, train-annotator, annotate, sft, align, evaluate]"]
-    out = subprocess.run(cmd, env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}, capture_output=True,
-                         text=True, timeout=800)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    # the quiet console: one line per stage, the results and the stage table; libraries' logs in files
-    lines = out.stdout.splitlines()
-    assert len(lines) <= 40 and not any("RayTrainWorker" in ln or " INFO " in ln for ln in lines), out.stdout
-    assert (run / "logs" / "driver.log").stat().st_size > 0 and (run / "logs" / "ray").is_symlink()
-    a, b = _labels(first), _labels(run)
+    stages = ["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"]
+    cmd = [sys.executable, "-m", "cwpo_ray.cli", "demo", "run_dir=s3://cwpo/run", *SMALL, f"stages=[{', '.join(stages)}]"]
+    runs = []
+    for _ in range(2):
+        t0 = time.time()
+        out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=800)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        runs.append((out.stdout, time.time() - t0))
+    print(f"\ns3 pipeline: first run {runs[0][1]:.0f}s, re-run {runs[1][1]:.0f}s (every stage skipped)")
+    # the quiet console
+    lines = runs[0][0].splitlines()
+    assert len(lines) <= 40 and not any("RayTrainWorker" in ln or " INFO " in ln for ln in lines), runs[0][0]
+    logs = cwd / "cwpo-logs"
+    assert (logs / "driver.log").stat().st_size > 0 and (logs / "ray").is_symlink()
+    # a re-run resumes every stage from the bucket and starts no Ray
+    done = json.loads(io.read_text("s3://cwpo/run/manifest.json"))
+    assert {"synthesize", "prepare", "train-annotator", "annotate", "sft", "sft/weak", "align/cw-dpo", "evaluate"} == set(done)
+    for st in done:
+        assert f"{st}: up to date, skipped" not in runs[0][0] and f"{st}: up to date, skipped" in runs[1][0], st
+    assert (logs / "driver.log").read_text().count("starting a local Ray") == 1
+    # the products are in the bucket; nothing in the working directory but the console's logs
+    for f in ("synthetic/student_base/config.json", "data/labeled", "annotator/model/config.json", "annotator/reliability.png",
+              "annotated/preferences", "annotated/confidence_hist.png", "sft_weak/model/config.json", "sft/ray_train",
+              "align/cw-dpo/model/model.safetensors", "eval/report.md", "eval/gra.png", "label_stats.json", "config.yaml"):
+        assert io.exists(f"s3://cwpo/run/{f}"), f
+    found = sorted(str(p.relative_to(cwd)) for p in Path(cwd).rglob("*"))
+    assert found and all(p.startswith("cwpo-logs") for p in found), found
+    assert len(os.listdir(home / ".cache" / "cwpo_ray" / "models")) >= 4  # downloaded models: the node cache
+    # determinism: the same numbers as the local, killed-and-resumed run
+    a, b = _labels(first), _labels("s3://cwpo/run")
     assert len(a["pair_id"]) > 100 and a == b  # weak labels and confidences (= cw-dpo's weights), bit for bit
-    ma, mb = (json.loads((r / "eval" / "metrics.json").read_text()) for r in (first, run))
+    ma = json.loads((first / "eval" / "metrics.json").read_text())
+    mb = json.loads(io.read_text("s3://cwpo/run/eval/metrics.json"))
     assert ma["methods"]["cw-dpo"] == mb["methods"]["cw-dpo"]  # GRA, ties, CIs, gains
     assert ma["mean_gold"] == mb["mean_gold"]
-    la, lb = ((r / "align" / "cw-dpo" / "metrics.jsonl").read_text().splitlines() for r in (first, run))
+    la = (first / "align" / "cw-dpo" / "metrics.jsonl").read_text().splitlines()
+    lb = io.read_text("s3://cwpo/run/align/cw-dpo/metrics.jsonl").splitlines()
     timings = ("throughput", "time", "timestamp", "reference_seconds")  # wall-clock measurements, not results
     strip = lambda rows: [{k: v for k, v in json.loads(x).items() if k not in timings} for x in rows]  # noqa: E731
     assert strip(la) == strip(lb)  # every logged training loss and margin

@@ -3,56 +3,21 @@ port, stopped after), reached through ``AWS_ENDPOINT_URL`` like any S3-compatibl
 
 * bad storage input fails fast: one line naming the field and the URI, before any compute starts;
 * models at a URI are downloaded once per node into a content-keyed cache, by every loader;
-* the whole pipeline runs with ``run_dir=s3://...``, a re-run skips every stage, and nothing but logs
-  lands in the working directory.
+* the whole pipeline on ``run_dir=s3://...`` is in tests/test_pipeline.py (with the determinism check).
 
 The folders that stay local (a sweep's output folder, an export) refuse a URI at config load."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 from cwpo_ray.config import ConfigError, build_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_moto(extra_env: dict | None = None):
-    port = _free_port()
-    env = {**os.environ, **(extra_env or {})}
-    p = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return p, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    p.kill()
-    raise RuntimeError("moto server did not start")
-
-
-def _aws_env(monkeypatch, endpoint: str) -> None:
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(k, v)
-
-
-def _make_bucket(endpoint: str, name: str) -> None:
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=name)
+from tests.s3 import aws_env as _aws_env
+from tests.s3 import free_port as _free_port
+from tests.s3 import make_bucket as _make_bucket
+from tests.s3 import start_moto as _start_moto
 
 
 @pytest.fixture(scope="module")
@@ -278,64 +243,3 @@ def test_models_at_a_uri_load_through_one_node_cache(s3_server, monkeypatch, tmp
     io.upload_dir(str(tmp_path / "lm"), uri)
     assert io.local_model_dir(uri) != local
     assert sorted(os.listdir(tmp_path)) == ["cache", "lm"]  # the loaders wrote nothing to the working directory
-
-
-# The smallest pipeline that runs every stage: 1 method, 2 optimizer steps on 1 worker per training stage, no
-# pretraining of the tiny base models, 4 test prompts x 1 sample. Mechanics only (the numbers mean nothing).
-# What is left is the stages' fixed costs (~150 s on 2 CPUs, the same with a local run_dir). To stay lean,
-# align's reference runs on the fly and evaluate generates with HF: the precomputed-reference scorer and the
-# HF generator load from a URI in the test above, vLLM's engines through the same io.local_model_dir.
-TINY_PIPELINE = [
-    "synthetic.task.num_pairs=200", "synthetic.pretrain=null",
-    "annotator.max_steps=2", "annotator.num_workers=1", "sft.max_steps=2", "sft.num_workers=1",
-    "align.max_steps=2", "align.num_workers=1", "align.reference_mode=on_the_fly",
-    "methods={cw-dpo: {labels: weak, weighting: confidence}}",
-    "evaluate.max_prompts=4", "evaluate.num_samples=1", "evaluate.num_bootstrap=100", "evaluate.sampling.max_new_tokens=8",
-    "evaluate.engine.backend=hf", "stages=[prepare, train-annotator, annotate, sft, align, evaluate]",
-]
-STAGES = ["synthesize", "prepare", "train-annotator", "annotate", "sft", "align/cw-dpo", "evaluate"]
-
-
-@pytest.mark.timeout(900)
-def test_pipeline_on_s3_runs_resumes_and_writes_nothing_locally(s3_server, monkeypatch, tmp_path):
-    """`cwpo demo run_dir=s3://cwpo/run` in a fresh process whose working directory is empty: every stage
-    reads and writes the bucket (Ray workers inherit the driver's AWS_* variables: a local Ray), models are
-    loaded from the node cache under $XDG_CACHE_HOME; a second run skips every stage; afterwards the working
-    directory holds the console's logs only."""
-    import json
-    from pathlib import Path
-
-    from cwpo_ray import io
-
-    _aws_env(monkeypatch, s3_server)
-    home, cwd = tmp_path / "home", tmp_path / "cwd"
-    home.mkdir()
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    cmd = [sys.executable, "-m", "cwpo_ray.cli", "demo", "run_dir=s3://cwpo/run", *TINY_PIPELINE]
-    runs = []
-    for _ in range(2):
-        t0 = time.time()
-        out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=800)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        runs.append((out.stdout, time.time() - t0))
-    manifest = json.loads(io.read_text("s3://cwpo/run/manifest.json"))
-    assert set(manifest) == set(STAGES)
-    for st in STAGES:
-        assert f"{st}: up to date, skipped" not in runs[0][0] and f"{st}: up to date, skipped" in runs[1][0], st
-    print(f"\ns3 pipeline: first run {runs[0][1]:.0f}s, re-run {runs[1][1]:.0f}s (every stage skipped)")
-    assert (cwd / "cwpo-logs" / "driver.log").read_text().count("starting a local Ray") == 1  # the re-run started none
-    # the products are in the bucket
-    for f in ("synthetic/student_base/config.json", "data/labeled", "annotator/model/config.json", "annotator/reliability.png",
-              "annotated/preferences", "annotated/confidence_hist.png", "sft/model/config.json", "sft/ray_train",
-              "align/cw-dpo/model/model.safetensors", "align/cw-dpo/metrics.jsonl", "eval/report.md", "eval/gra.png",
-              "label_stats.json", "config.yaml"):
-        assert io.exists(f"s3://cwpo/run/{f}"), f
-    metrics = json.loads(io.read_text("s3://cwpo/run/eval/metrics.json"))
-    assert 0.0 <= metrics["methods"]["cw-dpo"]["gra"] <= 1.0 and metrics["models"] == {"cw-dpo": "s3://cwpo/run/align/cw-dpo/model"}
-    # nothing in the working directory but the console's logs; downloaded models in the node cache
-    found = sorted(str(p.relative_to(cwd)) for p in Path(cwd).rglob("*"))
-    assert found and all(p.startswith("cwpo-logs") for p in found), found
-    print("working directory afterwards:", found)
-    assert len(os.listdir(home / ".cache" / "cwpo_ray" / "models")) >= 4
