@@ -4,9 +4,11 @@ port, stopped after), reached through ``AWS_ENDPOINT_URL`` like any S3-compatibl
 * bad storage input fails fast: one line naming the field and the URI, before any compute starts;
 * models at a URI are downloaded once per node into a content-keyed cache, by every loader;
 * the whole pipeline runs with ``run_dir=s3://...``, a re-run skips every stage, and nothing but logs
-  lands in the working directory.
+  lands in the working directory;
+* a sweep's run folders and results live under a URI ``output_dir`` (its layout and result files here;
+  the whole Ray Tune sweep on S3 is not run in the tests).
 
-The folders that stay local (a sweep's output folder, an export) refuse a URI at config load."""
+An export's folders stay local: they refuse a URI at config load."""
 from __future__ import annotations
 
 import os
@@ -104,6 +106,8 @@ def _stage_calls(tmp_path):
     from cwpo_ray.student.align import run_align
     from cwpo_ray.student.config import AlignConfig, SFTConfig
     from cwpo_ray.student.sft import run_sft
+    from cwpo_ray.sweep.config import SweepConfig
+    from cwpo_ray.sweep.tune import run_sweep
     from cwpo_ray.synthetic.build import SyntheticConfig, build_synthetic
 
     local = tmp_path / "in.jsonl"
@@ -124,6 +128,7 @@ def _stage_calls(tmp_path):
             "model": str(tmp_path), "input": src, "output_dir": out})),
         "generate": lambda out, src=str(local): run_generate(build_config(GenerateConfig, {
             "model": str(tmp_path), "prompts_path": src, "output_dir": out})),
+        "sweep": lambda out: run_sweep(build_config(SweepConfig, {"output_dir": out})),
     }
 
 
@@ -183,31 +188,32 @@ def test_an_existing_bucket_passes_the_check(s3_server, monkeypatch):
     io.check_storage("s3://cwpo/run/out", "output_dir")  # no error: the bucket is there, the prefix need not be
 
 
-def test_stages_with_local_outputs_refuse_a_uri_at_config_load():
-    """Only the folders that stay on the driver are LocalPath: a sweep's output folder (its trials' run
-    folders, results table and plot) and an export (a local copy to push to the Hub)."""
+def test_export_refuses_a_uri_at_config_load():
+    """Only an export's folders are LocalPath (a local copy to push to the Hub)."""
     from cwpo_ray.integrations.hub import ExportConfig
-    from cwpo_ray.sweep.config import SweepConfig
 
-    cases = [(SweepConfig, "output_dir"), (ExportConfig, "run_dir"), (ExportConfig, "output_dir")]
-    for cls, field in cases:
+    for field in ("run_dir", "output_dir"):
         for uri in ("s3://bucket/run", "file:///tmp/run"):
             with pytest.raises(ConfigError) as e:
-                build_config(cls, {field: uri})
+                build_config(ExportConfig, {field: uri})
             _one_line(e, f"{field}: ", uri, "is a URI")
 
 
 def test_stages_take_uris_at_config_load():
+    """Every folder field takes a URI (``file://`` too), a sweep's output folder included."""
     from cwpo_ray.annotator.config import AnnotatorTrainConfig
     from cwpo_ray.evaluate.config import EvaluateConfig
     from cwpo_ray.pipeline import PipelineConfig
     from cwpo_ray.student.config import AlignConfig, SFTConfig
+    from cwpo_ray.sweep.config import SweepConfig
     from cwpo_ray.synthetic.build import SyntheticConfig
 
     cases = [(PipelineConfig, "run_dir"), (AnnotatorTrainConfig, "output_dir"), (SFTConfig, "output_dir"),
-             (AlignConfig, "output_dir"), (EvaluateConfig, "output_dir"), (SyntheticConfig, "output_dir")]
+             (AlignConfig, "output_dir"), (EvaluateConfig, "output_dir"), (SyntheticConfig, "output_dir"),
+             (SweepConfig, "output_dir")]
     for cls, field in cases:
-        assert getattr(build_config(cls, {field: "s3://bucket/run"}), field) == "s3://bucket/run"
+        for uri in ("s3://bucket/run", "file:///tmp/run"):
+            assert getattr(build_config(cls, {field: uri}), field) == uri, (cls.__name__, field)
 
 
 def _tiny_model(path) -> None:
@@ -278,6 +284,41 @@ def test_models_at_a_uri_load_through_one_node_cache(s3_server, monkeypatch, tmp
     io.upload_dir(str(tmp_path / "lm"), uri)
     assert io.local_model_dir(uri) != local
     assert sorted(os.listdir(tmp_path)) == ["cache", "lm"]  # the loaders wrote nothing to the working directory
+
+
+def test_sweep_run_folders_and_results_under_a_uri(s3_server, monkeypatch, tmp_path):
+    """A sweep with ``output_dir=s3://...``: every trial's run folders (shared upstream, its own align and
+    evaluate) are under the URI, the lock on a shared run folder is a file in the node's cache, and the results
+    table, CSV and plot are written to the bucket. (The Ray Tune sweep itself is tests/test_sweep.py's, locally.)"""
+    import csv
+    import io as stdio
+
+    import matplotlib.image
+
+    from cwpo_ray import io
+    from cwpo_ray.results import SweepSelection
+    from cwpo_ray.sweep.config import SweepConfig
+    from cwpo_ray.sweep.tune import select_per_method, slug, trial_configs, write_results
+    from tests.test_sweep import row
+
+    _aws_env(monkeypatch, s3_server)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = build_config(SweepConfig, {"output_dir": "s3://cwpo/sweep/", "space": {"align.beta": [0.5]}})
+    shared, own = trial_configs(cfg, {"align.beta": 0.5}, 0, "cw-dpo", split="test")
+    assert shared.run_dir == "s3://cwpo/sweep/shared/seed0/default"
+    assert own.run_dir == "s3://cwpo/sweep/trials/seed0/align.beta=0.5/cw-dpo"
+    assert own.sft.output_dir == f"{shared.run_dir}/sft" and own.evaluate.prompts_path == f"{shared.run_dir}/data/test"
+    assert own.evaluate.output_dir == f"{own.run_dir}/eval_test"
+    lock = io.lock_file(shared.run_dir)
+    assert lock.startswith(str(tmp_path / "cache" / "cwpo_ray" / "locks")) and lock == io.lock_file(shared.run_dir + "/")
+
+    rows = [row({"align.beta": b}, 0, m, 0.5 + 0.1 * b) for m in ("cw-dpo", "ws-dpo") for b in (0.1, 0.5)]
+    sel = {m: SweepSelection(**s) for m, s in select_per_method(rows).items()}
+    write_results(rows, sel, "s3://cwpo/sweep")
+    back = list(csv.DictReader(stdio.StringIO(io.read_text("s3://cwpo/sweep/results.csv"))))
+    assert [(r["method"], r["point"], float(r["val_gra"])) for r in back] == [(r.method, slug(r.point), r.val_gra) for r in rows]
+    assert "| cw-dpo | `align.beta=0.5` | 0.550 (0.550) | not run |" in io.read_text("s3://cwpo/sweep/results.md")
+    assert matplotlib.image.imread(stdio.BytesIO(io.read_bytes("s3://cwpo/sweep/gra_sweep.png")))[..., :3].std() > 0.05
 
 
 # The smallest pipeline that runs every stage: 1 method, 2 optimizer steps on 1 worker per training stage, no
