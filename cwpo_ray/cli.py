@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from cwpo_ray import console
+from cwpo_ray import console, io
 from cwpo_ray.config import ConfigError, load_config
 
 # stage -> (config class "module:Class", run function "module:function", printer "module:function"|None, help).
@@ -63,9 +63,9 @@ def log_dir(cfg) -> str | None:
     """``{run_dir}/logs`` (pipeline, demo), ``{output_dir}/logs`` (a stage, a sweep); None on object
     storage (the console then logs to ``./cwpo-logs``)."""
     root = getattr(cfg, "run_dir", None) or getattr(cfg, "output_dir", None)
-    if not root or "://" in root:
+    if not root or io.is_remote(root):
         return None
-    return os.path.join(root, "logs")
+    return os.path.join(io.absolute(root), "logs")
 
 
 def main(argv: list[str] | None = None) -> int:

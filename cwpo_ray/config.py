@@ -7,10 +7,10 @@ than 0 (got -1)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # ---- one vocabulary: every config and core function uses these names ----------------------------------
 Loss = Literal["dpo", "ipo", "rdpo"]  # the per-pair preference loss ℓ (student/losses.py)
@@ -25,19 +25,6 @@ OnBadFile = Literal["quarantine", "fail"]
 
 class ConfigError(ValueError):
     """A bad config; the message is one line that names the field."""
-
-
-def _local_only(value: str) -> str:
-    if "://" in value:
-        raise ValueError(f"{value!r} is a URI, but this folder is local by design (a sweep's results, an export "
-                         "to push to the Hub): give a local path; the pipeline's run_dir and every stage's "
-                         "input and output take URIs")
-    return value
-
-
-# A folder that stays on the driver's file system (a sweep's output folder, an export): a URI is refused at
-# config load instead of becoming a local folder named "s3:".
-LocalPath = Annotated[str, AfterValidator(_local_only)]
 
 
 def require(cfg: BaseModel, *fields: str) -> None:

@@ -91,6 +91,20 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_dir(uri: str) -> bool:
+    """True for a folder (on an object store: a prefix with objects under it)."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def listdir(uri: str) -> list[str]:
+    """The names of the files and folders directly under a folder, sorted; [] when it is no folder."""
+    if not is_dir(uri):
+        return []
+    fs, path = resolve(uri)
+    return sorted(f.base_name for f in fs.get_file_info(pafs.FileSelector(path)))
+
+
 def rmtree(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
@@ -121,6 +135,12 @@ def read_text(uri: str) -> str:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
         return f.read().decode()
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
 
 
 def files_under(uri: str) -> list[pafs.FileInfo]:
@@ -175,6 +195,19 @@ def copy_file(src: str, dst: str) -> None:
 def cache_root() -> str:
     """This node's cache of the package: ``$XDG_CACHE_HOME/cwpo_ray`` (default ``~/.cache/cwpo_ray``)."""
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cwpo_ray")
+
+
+def lock_file(uri: str) -> str:
+    """A path for a :class:`filelock.FileLock` that serialises the processes working in the folder ``uri``:
+    ``{folder}/.lock`` for a local folder (created; a file system every node mounts serialises them all);
+    for a URI, a file in this node's cache keyed by the URI (object stores have no locks: it serialises
+    the processes of one node only, so callers that need more keep those processes on one node)."""
+    if not is_remote(uri):
+        os.makedirs(absolute(uri), exist_ok=True)
+        return os.path.join(absolute(uri), ".lock")
+    key = hashlib.blake2b(absolute(uri).encode(), digest_size=16).hexdigest()
+    os.makedirs(os.path.join(cache_root(), "locks"), exist_ok=True)
+    return os.path.join(cache_root(), "locks", f"{key}.lock")
 
 
 def remote_key(uri: str, files: list[pafs.FileInfo]) -> str:

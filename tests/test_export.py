@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,16 +18,14 @@ from cwpo_ray.schema import PREFERENCE_SCHEMA
 N = 24
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A run folder as `cwpo demo` leaves it (the parts export reads), with tiny Qwen2 models."""
+def build_run_dir(run: Path) -> Path:
+    """A run folder as `cwpo demo` leaves it (the parts export reads), with tiny Qwen2 models, in ``run``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen2Config
 
     from cwpo_ray.synthetic.models import train_tokenizer
     from cwpo_ray.synthetic.task import SyntheticTask, SyntheticTaskConfig
 
-    run = tmp_path_factory.mktemp("run")
     task = SyntheticTask(SyntheticTaskConfig(num_pairs=48, seed=0))
     tok = train_tokenizer(task.corpus(), run / "tok", 512)
     rows = task.rows()[:N]
@@ -64,6 +63,11 @@ def run_dir(tmp_path_factory):
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps({"num_prompts": 10, "methods": {"cw-dpo": {"gra": 0.6, "gra_ci": [0.5, 0.7]}}}))
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return build_run_dir(tmp_path_factory.mktemp("run"))
 
 
 def test_export_round_trip_into_datasets_transformers_and_trl(run_dir, tmp_path):

@@ -3,9 +3,10 @@ port, stopped after), reached through ``AWS_ENDPOINT_URL`` like any S3-compatibl
 
 * bad storage input fails fast: one line naming the field and the URI, before any compute starts;
 * models at a URI are downloaded once per node into a content-keyed cache, by every loader;
-* the whole pipeline on ``run_dir=s3://...`` is in tests/test_pipeline.py (with the determinism check).
-
-The folders that stay local (a sweep's output folder, an export) refuse a URI at config load."""
+* the whole pipeline on ``run_dir=s3://...`` is in tests/test_pipeline.py (with the determinism check);
+* `cwpo export` reads a run folder at a URI and writes its folders to one; a sweep's run folders and
+  results live under a URI ``output_dir`` (its layout and result files here; the whole Ray Tune sweep
+  on S3 is not run in the tests)."""
 from __future__ import annotations
 
 import os
@@ -63,12 +64,15 @@ def _stage_calls(tmp_path):
     from cwpo_ray.evaluate.stage import run_evaluate
     from cwpo_ray.generate.config import GenerateConfig
     from cwpo_ray.generate.stage import run_generate
+    from cwpo_ray.integrations.hub import ExportConfig, run_export
     from cwpo_ray.pipeline import PipelineConfig, run_pipeline
     from cwpo_ray.prepare.config import PrepareConfig
     from cwpo_ray.prepare.stage import run_prepare
     from cwpo_ray.student.align import run_align
     from cwpo_ray.student.config import AlignConfig, SFTConfig
     from cwpo_ray.student.sft import run_sft
+    from cwpo_ray.sweep.config import SweepConfig
+    from cwpo_ray.sweep.tune import run_sweep
     from cwpo_ray.synthetic.build import SyntheticConfig, build_synthetic
 
     local = tmp_path / "in.jsonl"
@@ -89,6 +93,9 @@ def _stage_calls(tmp_path):
             "model": str(tmp_path), "input": src, "output_dir": out})),
         "generate": lambda out, src=str(local): run_generate(build_config(GenerateConfig, {
             "model": str(tmp_path), "prompts_path": src, "output_dir": out})),
+        "sweep": lambda out: run_sweep(build_config(SweepConfig, {"output_dir": out})),
+        "export": lambda out, run=None: run_export(build_config(ExportConfig, {
+            **({"run_dir": run} if run else {"preferences": str(local), "output_dir": out})})),
     }
 
 
@@ -113,6 +120,10 @@ def test_missing_bucket_and_object_fail_fast_naming_the_uri(s3_server, monkeypat
     with pytest.raises(ConfigError) as e:
         calls["annotate"]("s3://cwpo/run/ann", src="s3://no-such-bucket/unlabeled")
     _one_line(e, "input", "s3://no-such-bucket/unlabeled")
+    for run in ("s3://no-such-bucket/run", "s3://cwpo/no/run"):  # export's run folder: its bucket, then itself
+        with pytest.raises(ConfigError) as e:
+            calls["export"](None, run=run)
+        _one_line(e, "run_dir", run, "does not exist")
     with pytest.raises(ConfigError) as e:  # a scheme pyarrow does not know
         calls["prepare"]("s4://cwpo/run/data")
     _one_line(e, "output_dir", "s4://cwpo/run/data", "storage not usable")
@@ -148,31 +159,22 @@ def test_an_existing_bucket_passes_the_check(s3_server, monkeypatch):
     io.check_storage("s3://cwpo/run/out", "output_dir")  # no error: the bucket is there, the prefix need not be
 
 
-def test_stages_with_local_outputs_refuse_a_uri_at_config_load():
-    """Only the folders that stay on the driver are LocalPath: a sweep's output folder (its trials' run
-    folders, results table and plot) and an export (a local copy to push to the Hub)."""
-    from cwpo_ray.integrations.hub import ExportConfig
-    from cwpo_ray.sweep.config import SweepConfig
-
-    cases = [(SweepConfig, "output_dir"), (ExportConfig, "run_dir"), (ExportConfig, "output_dir")]
-    for cls, field in cases:
-        for uri in ("s3://bucket/run", "file:///tmp/run"):
-            with pytest.raises(ConfigError) as e:
-                build_config(cls, {field: uri})
-            _one_line(e, f"{field}: ", uri, "is a URI")
-
-
 def test_stages_take_uris_at_config_load():
+    """Every folder field takes a URI (``file://`` too), a sweep's output folder and an export's included."""
     from cwpo_ray.annotator.config import AnnotatorTrainConfig
     from cwpo_ray.evaluate.config import EvaluateConfig
+    from cwpo_ray.integrations.hub import ExportConfig
     from cwpo_ray.pipeline import PipelineConfig
     from cwpo_ray.student.config import AlignConfig, SFTConfig
+    from cwpo_ray.sweep.config import SweepConfig
     from cwpo_ray.synthetic.build import SyntheticConfig
 
     cases = [(PipelineConfig, "run_dir"), (AnnotatorTrainConfig, "output_dir"), (SFTConfig, "output_dir"),
-             (AlignConfig, "output_dir"), (EvaluateConfig, "output_dir"), (SyntheticConfig, "output_dir")]
+             (AlignConfig, "output_dir"), (EvaluateConfig, "output_dir"), (SyntheticConfig, "output_dir"),
+             (SweepConfig, "output_dir"), (ExportConfig, "run_dir"), (ExportConfig, "output_dir")]
     for cls, field in cases:
-        assert getattr(build_config(cls, {field: "s3://bucket/run"}), field) == "s3://bucket/run"
+        for uri in ("s3://bucket/run", "file:///tmp/run"):
+            assert getattr(build_config(cls, {field: uri}), field) == uri, (cls.__name__, field)
 
 
 def _tiny_model(path) -> None:
@@ -243,3 +245,108 @@ def test_models_at_a_uri_load_through_one_node_cache(s3_server, monkeypatch, tmp
     io.upload_dir(str(tmp_path / "lm"), uri)
     assert io.local_model_dir(uri) != local
     assert sorted(os.listdir(tmp_path)) == ["cache", "lm"]  # the loaders wrote nothing to the working directory
+
+
+def _files(uri: str) -> dict[str, bytes]:
+    """Every file under a folder (local or URI): relative name -> bytes."""
+    from cwpo_ray import io
+
+    root = io.resolve(uri)[1].rstrip("/")
+    return {f.path[len(root) + 1:]: io.read_bytes(io.join(uri, f.path[len(root) + 1:])) for f in io.files_under(uri)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A run folder as `cwpo demo` leaves it (tests/test_export.py's) and its export to a local folder."""
+    from cwpo_ray.integrations.hub import ExportConfig, run_export
+    from tests.test_export import build_run_dir
+
+    run = build_run_dir(tmp_path_factory.mktemp("run"))
+    local = tmp_path_factory.mktemp("export")
+    run_export(build_config(ExportConfig, {"run_dir": str(run), "output_dir": str(local)}))
+    return run, local
+
+
+def test_export_writes_its_folders_to_a_uri(s3_server, monkeypatch, tmp_path, exported):
+    """`cwpo export output_dir=s3://...`: the bucket holds exactly what a local export holds (byte for byte but
+    the summary, which names the folders), the working directory nothing; the folders load back from the URI."""
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForCausalLM
+
+    from cwpo_ray import io
+    from cwpo_ray.integrations.hub import ExportConfig, ExportResult, run_export
+    from cwpo_ray.results import read_result
+    from tests.test_export import N
+
+    _aws_env(monkeypatch, s3_server)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    run, local = exported
+    r = run_export(build_config(ExportConfig, {"run_dir": str(run), "output_dir": "s3://cwpo/export"}))
+    assert (r.dataset_dir, r.student_dirs, r.annotator_dir) == (
+        "s3://cwpo/export/dataset", {"cw-dpo": "s3://cwpo/export/students/cw-dpo"}, "s3://cwpo/export/annotator")
+    remote, here = _files("s3://cwpo/export"), _files(str(local))
+    assert remote.keys() == here.keys() and {k for k in here if remote[k] != here[k]} == {"summary.json"}
+    assert read_result(ExportResult, "s3://cwpo/export/summary.json") == r
+    fs, path = io.resolve(io.join(r.dataset_dir, "data"))
+    assert pq.read_table(path, filesystem=fs).num_rows == N
+    AutoModelForCausalLM.from_pretrained(io.local_model_dir(r.student_dirs["cw-dpo"]))
+    assert os.listdir(tmp_path / "cwd") == []
+
+
+def test_export_reads_a_run_folder_at_a_uri(s3_server, monkeypatch, tmp_path, exported):
+    """`cwpo export run_dir=s3://...` (output_dir defaults to {run_dir}/export, in the bucket): the same folders
+    as from the local copy of the run folder; only the annotator's path in the dataset card differs."""
+    from cwpo_ray import io
+    from cwpo_ray.integrations.hub import ExportConfig, run_export
+
+    _aws_env(monkeypatch, s3_server)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run, local = exported
+    io.upload_dir(str(run), "s3://cwpo/runs/exp")
+    r = run_export(build_config(ExportConfig, {"run_dir": "s3://cwpo/runs/exp"}))
+    assert r.output_dir == "s3://cwpo/runs/exp/export" and r.annotator_dir == "s3://cwpo/runs/exp/export/annotator"
+    remote, here = _files(r.output_dir), _files(str(local))
+    assert remote.keys() == here.keys()
+    assert {k for k in here if remote[k] != here[k]} == {"summary.json", "dataset/README.md"}
+    card = remote["dataset/README.md"].decode()
+    assert card.replace("s3://cwpo/runs/exp/", f"{run}/") == here["dataset/README.md"].decode()
+    for text in ("labeled fraction 0.3", "with one): 0.610", "top-30% most confident: 0.800"):  # read from the bucket
+        assert text in card, text
+
+
+def test_sweep_run_folders_and_results_under_a_uri(s3_server, monkeypatch, tmp_path):
+    """A sweep with ``output_dir=s3://...``: every trial's run folders (shared upstream, its own align and
+    evaluate) are under the URI, the lock on a shared run folder is a file in the node's cache, and the results
+    table, CSV and plot are written to the bucket. (The Ray Tune sweep itself is tests/test_sweep.py's, locally.)"""
+    import csv
+    import io as stdio
+
+    import matplotlib.image
+
+    from cwpo_ray import io
+    from cwpo_ray.results import SweepSelection
+    from cwpo_ray.sweep.config import SweepConfig
+    from cwpo_ray.sweep.tune import select_per_method, slug, trial_configs, write_results
+    from tests.test_sweep import row
+
+    _aws_env(monkeypatch, s3_server)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = build_config(SweepConfig, {"output_dir": "s3://cwpo/sweep/", "space": {"align.beta": [0.5]}})
+    shared, own = trial_configs(cfg, {"align.beta": 0.5}, 0, "cw-dpo", split="test")
+    assert shared.run_dir == "s3://cwpo/sweep/shared/seed0/default"
+    assert own.run_dir == "s3://cwpo/sweep/trials/seed0/align.beta=0.5/cw-dpo"
+    assert own.sft.output_dir == f"{shared.run_dir}/sft" and own.evaluate.prompts_path == f"{shared.run_dir}/data/test"
+    assert own.evaluate.output_dir == f"{own.run_dir}/eval_test"
+    lock = io.lock_file(shared.run_dir)
+    assert lock.startswith(str(tmp_path / "cache" / "cwpo_ray" / "locks")) and lock == io.lock_file(shared.run_dir + "/")
+
+    rows = [row({"align.beta": b}, 0, m, 0.5 + 0.1 * b) for m in ("cw-dpo", "ws-dpo") for b in (0.1, 0.5)]
+    sel = {m: SweepSelection(**s) for m, s in select_per_method(rows).items()}
+    write_results(rows, sel, "s3://cwpo/sweep")
+    back = list(csv.DictReader(stdio.StringIO(io.read_text("s3://cwpo/sweep/results.csv"))))
+    assert [(r["method"], r["point"], float(r["val_gra"])) for r in back] == [(r.method, slug(r.point), r.val_gra) for r in rows]
+    assert "| cw-dpo | `align.beta=0.5` | 0.550 (0.550) | not run |" in io.read_text("s3://cwpo/sweep/results.md")
+    assert matplotlib.image.imread(stdio.BytesIO(io.read_bytes("s3://cwpo/sweep/gra_sweep.png")))[..., :3].std() > 0.05
+

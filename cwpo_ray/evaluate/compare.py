@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cwpo_ray import io
+
 
 def win_shares(responses: pa.Table, method: str, baseline: str = "sft", tie_tolerance: float = 0.0) -> dict[str, float]:
     """prompt_id -> share of the k samples where ``method`` beats ``baseline`` (sample j against sample j)."""
@@ -92,8 +94,13 @@ def difference_of_shares(a: list[dict[str, float]], b: list[dict[str, float]], n
 
 
 def read_responses(paths: list[str]) -> list[pa.Table]:
-    """The ``responses.parquet`` of several evaluate folders (or the files themselves), one table each."""
-    return [pq.read_table(p if str(p).endswith(".parquet") else f"{p}/responses.parquet") for p in paths]
+    """The ``responses.parquet`` of several evaluate folders (or the files themselves; local paths or URIs),
+    one table each."""
+    tables = []
+    for p in map(str, paths):
+        fs, path = io.resolve(p if p.endswith(".parquet") else io.join(p, "responses.parquet"))
+        tables.append(pq.read_table(path, filesystem=fs))
+    return tables
 
 
 def verdict(diff: dict) -> str:

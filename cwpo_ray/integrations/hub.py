@@ -16,8 +16,15 @@ With ``push.*`` repo ids set, each folder is uploaded by huggingface_hub (``crea
 ``upload_folder``: the library's own push; the token comes from ``HF_TOKEN`` or ``huggingface-cli login``,
 never from the config). Cards are built with huggingface_hub's ``DatasetCard`` / ``ModelCard``.
 
+``run_dir``, every input and ``output_dir`` are local paths or URIs (``s3://``, ``gs://``, any pyarrow.fs
+filesystem): models at a URI are read through this node's model cache (:func:`cwpo_ray.io.local_model_dir`),
+the rest through pyarrow.fs; the folders are written in a local staging folder (the output folder itself
+when it is local), pushed from there, and uploaded to a URI ``output_dir`` when everything succeeded
+(:func:`cwpo_ray.io.staged_dir`).
+
     cwpo export run_dir=runs/demo                      # -> runs/demo/export/{dataset,annotator,students/*}
     cwpo export run_dir=runs/demo push.dataset=me/cwpo-labels push.annotator=me/cwpo-annotator
+    cwpo export run_dir=s3://bucket/runs/demo          # -> s3://bucket/runs/demo/export/...
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from cwpo_ray import io
-from cwpo_ray.config import ConfigError, LocalPath, StrictModel
+from cwpo_ray.config import ConfigError, StrictModel
 from cwpo_ray.results import StageResult, write_result
 from cwpo_ray.schema import PREFERENCE_SCHEMA
 
@@ -55,11 +62,11 @@ class PushConfig(StrictModel):
 class ExportConfig(StrictModel):
     """What to export: a pipeline run folder, or explicit paths (which override the run folder's)."""
 
-    run_dir: LocalPath | None = None  # a `cwpo pipeline` / `cwpo demo` run folder (local)
-    preferences: str | None = None  # annotate's preferences parquet (default {run_dir}/annotated/preferences; URI ok)
+    run_dir: str | None = None  # a `cwpo pipeline` / `cwpo demo` run folder (local path or URI)
+    preferences: str | None = None  # annotate's preferences parquet (default {run_dir}/annotated/preferences)
     annotator: str | None = None  # the annotator's HF folder (default {run_dir}/annotator/model)
     students: dict[str, str] | None = None  # method -> HF folder (default: every {run_dir}/align/<method>/model)
-    output_dir: LocalPath | None = None  # local folder (default {run_dir}/export)
+    output_dir: str | None = None  # local folder or URI (default {run_dir}/export)
     push: PushConfig = Field(default_factory=PushConfig)
 
 
@@ -73,41 +80,44 @@ class ExportResult(StageResult):
     pushed: dict[str, str] = Field(default_factory=dict)  # folder -> repo id
 
 
-def _read_json(path: Path | None) -> dict:
-    if path is None or not path.exists():
+def _read_json(uri: str | None) -> dict:
+    if uri is None or not io.exists(uri):
         return {}
-    return json.loads(path.read_text())
+    return json.loads(io.read_text(uri))
 
 
 def resolve(cfg: ExportConfig) -> ExportConfig:
-    """Fill the paths the user left unset from ``run_dir``; fail fast, naming the field, on what is missing."""
-    run = Path(cfg.run_dir) if cfg.run_dir else None
-    if run is not None and "://" in str(cfg.run_dir):
-        raise ConfigError("config error: run_dir: export reads a local run folder (object-store run folders: not yet)")
-    if run is not None and not run.is_dir():
-        raise ConfigError(f"config error: run_dir: {cfg.run_dir!r} is not a folder")
+    """Fill the paths the user left unset from ``run_dir``; fail fast, before any copy, naming the field, on
+    what is missing: a run folder or an input that is not there, an output store that cannot be used (scheme,
+    endpoint, credentials, bucket: :func:`cwpo_ray.io.check_storage`)."""
+    run = io.absolute(cfg.run_dir) if cfg.run_dir else None
+    if run is not None:
+        io.check_storage(cfg.run_dir, "run_dir", must_exist=True)
+        if not io.is_dir(run):
+            raise ConfigError(f"config error: run_dir: {cfg.run_dir!r} is not a folder")
     upd: dict = {}
     if cfg.preferences is None:
         if run is None:
             raise ConfigError("config error: preferences: required (or give run_dir)")
-        upd["preferences"] = str(run / "annotated" / "preferences")
-    if cfg.annotator is None and run is not None and (run / "annotator" / "model").is_dir():
-        upd["annotator"] = str(run / "annotator" / "model")
+        upd["preferences"] = io.join(run, "annotated", "preferences")
+    if cfg.annotator is None and run is not None and io.is_dir(io.join(run, "annotator", "model")):
+        upd["annotator"] = io.join(run, "annotator", "model")
     if cfg.students is None:
-        align = run / "align" if run is not None else None
-        upd["students"] = {d.name: str(d / "model") for d in sorted(align.iterdir()) if (d / "model").is_dir()} \
-            if align is not None and align.is_dir() else {}
+        align = io.join(run, "align") if run is not None else None
+        upd["students"] = {m: io.join(align, m, "model") for m in io.listdir(align)
+                           if io.is_dir(io.join(align, m, "model"))} if align is not None else {}
     if cfg.output_dir is None:
         if run is None:
             raise ConfigError("config error: output_dir: required (or give run_dir)")
-        upd["output_dir"] = str(run / "export")
+        upd["output_dir"] = io.join(run, "export")
     cfg = cfg.model_copy(update=upd)
-    if "://" in cfg.output_dir:
-        raise ConfigError("config error: output_dir: a local folder (push.* uploads it to the Hub)")
-    if not io.exists(cfg.preferences):
-        raise ConfigError(f"config error: preferences: {cfg.preferences!r} does not exist")
+    io.check_storage(cfg.output_dir, "output_dir")
+    io.check_storage(cfg.preferences, "preferences", must_exist=True)
     for field, path in [("annotator", cfg.annotator), *((f"students.{m}", p) for m, p in cfg.students.items())]:
-        if path is not None and not (Path(path) / "config.json").exists():
+        if path is None:
+            continue
+        io.check_input(path, field)
+        if not io.exists(io.join(path, "config.json")):
             raise ConfigError(f"config error: {field}: {path!r} is not a Hugging Face model folder (no config.json)")
     unknown = set(cfg.push.students) - set(cfg.students)
     if unknown:
@@ -147,21 +157,21 @@ def _hist_table(hist: dict) -> str:
 
 
 def _hub_id(path: str | None) -> str | None:
-    """A model reference usable as card metadata ``base_model``: a hub id, never a local path."""
-    return path if path and not os.path.exists(path) and "://" not in path and path.count("/") == 1 else None
+    """A model reference usable as card metadata ``base_model``: a hub id, never a local path or a URI."""
+    return path if path and not io.is_remote(path) and not os.path.exists(path) and path.count("/") == 1 else None
 
 
-def dataset_card(t: pa.Table, run: Path | None, annotator: str | None):
+def dataset_card(t: pa.Table, run: str | None, annotator: str | None, has_hist_png: bool = False):
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    ann = _read_json(run / "annotated" / "summary.json") if run else {}
-    trained = _read_json(run / "annotator" / "summary.json") if run else {}
-    stats = _read_json(run / "label_stats.json") if run else {}
+    ann = _read_json(io.join(run, "annotated", "summary.json")) if run else {}
+    trained = _read_json(io.join(run, "annotator", "summary.json")) if run else {}
+    stats = _read_json(io.join(run, "label_stats.json")) if run else {}
     frac = None
-    if run and (run / "config.yaml").exists():
+    if run and io.exists(io.join(run, "config.yaml")):
         import yaml
 
-        frac = (yaml.safe_load((run / "config.yaml").read_text()).get("prepare") or {}).get("labeled_fraction")
+        frac = (yaml.safe_load(io.read_text(io.join(run, "config.yaml"))).get("prepare") or {}).get("labeled_fraction")
     data = DatasetCardData(
         tags=["cwpo", "preference", "dpo", "weak-supervision", "confidence-weighted"],
         task_categories=["text-generation"], size_categories=["n<1K" if t.num_rows < 1000 else "1K<n<10K" if t.num_rows < 10_000 else "10K<n<100K"],
@@ -191,7 +201,7 @@ def dataset_card(t: pa.Table, run: Path | None, annotator: str | None):
         lines.append(f"- confidence: mean {ann.get('confidence_mean', 0):.3f}, p10 {q['p10']:.3f}, p50 {q['p50']:.3f}, p90 {q['p90']:.3f}")
     if ann.get("confidence_hist"):
         lines += ["", "## Confidence histogram", "", _hist_table(ann["confidence_hist"])]
-        if run and (run / "annotated" / "confidence_hist.png").exists():
+        if has_hist_png:
             lines += ["", "![confidence histogram](confidence_hist.png)"]
     lines += ["", "## Use", "", "```python", "from datasets import load_dataset",
               "ds = load_dataset(\"<this repo>\", split=\"train\")  # prompt, chosen, rejected, confidence, ...",
@@ -219,9 +229,10 @@ def model_card(kind: str, path: str, summary: dict, extra: list[str]):
 
 
 def _copy_model(src: str, dst: Path) -> None:
+    """An HF folder (local, or at a URI through this node's model cache) copied without its card and caches."""
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("README.md", "responses_cache"))
+    shutil.copytree(io.local_model_dir(src), dst, ignore=shutil.ignore_patterns("README.md", "responses_cache"))
 
 
 def push_folder(folder: Path, repo_id: str, repo_type: str, push: PushConfig) -> str:
@@ -236,55 +247,60 @@ def push_folder(folder: Path, repo_id: str, repo_type: str, push: PushConfig) ->
 
 def run_export(cfg: ExportConfig) -> ExportResult:
     cfg = resolve(cfg)
-    run = Path(cfg.run_dir) if cfg.run_dir else None
-    out = Path(cfg.output_dir)
+    run = io.absolute(cfg.run_dir) if cfg.run_dir else None
+    out = io.absolute(cfg.output_dir)
     if (cfg.push.dataset or cfg.push.annotator or cfg.push.students) and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ConfigError("config error: push: HF_HUB_OFFLINE=1 is set, so nothing can be pushed (unset it, or drop push.*)")
-    # the dataset: parquet + card
     t = preference_table(cfg.preferences)
-    ds_dir = out / "dataset"
-    if ds_dir.exists():
-        shutil.rmtree(ds_dir)
-    (ds_dir / "data").mkdir(parents=True)
-    pq.write_table(t, ds_dir / DATA_FILE)
-    dataset_card(t, run, cfg.annotator).save(ds_dir / "README.md")
-    if run and (run / "annotated" / "confidence_hist.png").exists():
-        shutil.copy(run / "annotated" / "confidence_hist.png", ds_dir / "confidence_hist.png")
-    # the annotator and the students: HF folders + cards
-    ann_dir = None
-    if cfg.annotator:
-        ann_dir = out / "annotator"
-        _copy_model(cfg.annotator, ann_dir)
-        s = _read_json(Path(cfg.annotator).parent / "summary.json")
-        held = s.get("held_out") or {}
-        extra = [f"- trained on {s.get('train_pairs', '?')} human-labeled pairs, {s.get('epochs_trained', '?')} epochs"]
-        if held:
-            extra.append(f"- held-out accuracy vs human labels ({held.get('pairs')} pairs): {held.get('accuracy', float('nan')):.3f}; "
-                         f"ECE {held.get('ece', float('nan')):.3f}")
-        model_card("annotator", cfg.annotator, s, extra).save(ann_dir / "README.md")
-    metrics = _read_json(run / "eval" / "metrics.json") if run else {}
-    student_dirs = {}
-    for method, path in cfg.students.items():
-        d = out / "students" / method
-        _copy_model(path, d)
-        s = _read_json(Path(path).parent / "summary.json")
-        extra = []
-        if method in (metrics.get("methods") or {}):
-            g = metrics["methods"][method]
-            extra.append(f"- gold reward accuracy (GRA) vs its SFT model on {metrics.get('num_prompts')} test prompts: "
-                         f"{g['gra']:.3f} [{g['gra_ci'][0]:.3f}, {g['gra_ci'][1]:.3f}]")
-        model_card("student", path, s, extra).save(d / "README.md")
-        student_dirs[method] = str(d)
-    pushed = {}
-    if cfg.push.dataset:
-        pushed[str(ds_dir)] = push_folder(ds_dir, cfg.push.dataset, "dataset", cfg.push)
-    if cfg.push.annotator:
-        pushed[str(ann_dir)] = push_folder(ann_dir, cfg.push.annotator, "model", cfg.push)
-    for method, repo in cfg.push.students.items():
-        pushed[student_dirs[method]] = push_folder(Path(student_dirs[method]), repo, "model", cfg.push)
-    result = ExportResult(output_dir=str(out), dataset_dir=str(ds_dir), rows=t.num_rows, columns=t.column_names,
-                          annotator_dir=str(ann_dir) if ann_dir else None, student_dirs=student_dirs, pushed=pushed)
-    write_result(str(out), result)
+    hist = io.join(run, "annotated", "confidence_hist.png") if run else None
+    has_hist = hist is not None and io.exists(hist)
+    # each exported folder is replaced whole (an upload only adds files to what a URI holds)
+    for folder in ("dataset", *(["annotator"] if cfg.annotator else []), *(f"students/{m}" for m in cfg.students)):
+        io.rmtree(io.join(out, folder))
+    with io.staged_dir(out) as work:  # the output folder itself when it is local
+        stage = Path(work)
+        # the dataset: parquet + card
+        (stage / "dataset" / "data").mkdir(parents=True)
+        pq.write_table(t, stage / "dataset" / DATA_FILE)
+        dataset_card(t, run, cfg.annotator, has_hist).save(stage / "dataset" / "README.md")
+        if has_hist:
+            (stage / "dataset" / "confidence_hist.png").write_bytes(io.read_bytes(hist))
+        # the annotator and the students: HF folders + cards
+        ann_dir = None
+        if cfg.annotator:
+            _copy_model(cfg.annotator, stage / "annotator")
+            s = _read_json(io.join(io.parent(cfg.annotator), "summary.json"))
+            held = s.get("held_out") or {}
+            extra = [f"- trained on {s.get('train_pairs', '?')} human-labeled pairs, {s.get('epochs_trained', '?')} epochs"]
+            if held:
+                extra.append(f"- held-out accuracy vs human labels ({held.get('pairs')} pairs): {held.get('accuracy', float('nan')):.3f}; "
+                             f"ECE {held.get('ece', float('nan')):.3f}")
+            model_card("annotator", cfg.annotator, s, extra).save(stage / "annotator" / "README.md")
+            ann_dir = io.join(out, "annotator")
+        metrics = _read_json(io.join(run, "eval", "metrics.json")) if run else {}
+        student_dirs = {}
+        for method, path in cfg.students.items():
+            d = stage / "students" / method
+            _copy_model(path, d)
+            s = _read_json(io.join(io.parent(path), "summary.json"))
+            extra = []
+            if method in (metrics.get("methods") or {}):
+                g = metrics["methods"][method]
+                extra.append(f"- gold reward accuracy (GRA) vs its SFT model on {metrics.get('num_prompts')} test prompts: "
+                             f"{g['gra']:.3f} [{g['gra_ci'][0]:.3f}, {g['gra_ci'][1]:.3f}]")
+            model_card("student", path, s, extra).save(d / "README.md")
+            student_dirs[method] = io.join(out, "students", method)
+        # pushed from the local folders (the staging folder of a URI output_dir, uploaded after)
+        pushed = {}
+        if cfg.push.dataset:
+            pushed[io.join(out, "dataset")] = push_folder(stage / "dataset", cfg.push.dataset, "dataset", cfg.push)
+        if cfg.push.annotator:
+            pushed[ann_dir] = push_folder(stage / "annotator", cfg.push.annotator, "model", cfg.push)
+        for method, repo in cfg.push.students.items():
+            pushed[student_dirs[method]] = push_folder(stage / "students" / method, repo, "model", cfg.push)
+        result = ExportResult(output_dir=out, dataset_dir=io.join(out, "dataset"), rows=t.num_rows, columns=t.column_names,
+                              annotator_dir=ann_dir, student_dirs=student_dirs, pushed=pushed)
+        write_result(work, result)
     return result
 
 

@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from cwpo_ray.config import LocalPath, RayConfig, StrictModel
+from cwpo_ray.config import RayConfig, StrictModel
 
 # Pipeline sections whose fields change what the shared (upstream) stages produce; a point's other keys
 # (align.*, methods.*) only change its own trial's align.
@@ -36,9 +36,12 @@ class SweepConfig(StrictModel):
     Selection, per method: the point with the highest validation GRA averaged over seeds (validation
     only; the test split is never read to choose). Then, with ``final_test``, each method's selected
     point is evaluated once on the **test** prompts, per seed, and reported with a CI over seeds x prompts.
+
+    ``output_dir`` (the trials' run folders, the Tune state, the results table and plot) is a local path or
+    a URI (``s3://bucket/sweeps/x``, any pyarrow.fs filesystem), like a pipeline's ``run_dir``.
     """
 
-    output_dir: LocalPath = "runs/sweep"
+    output_dir: str = "runs/sweep"
     # Base pipeline: "demo" (the packaged demo config) or a YAML path; `pipeline` overrides deep-merge on top.
     pipeline_config: str | None = "demo"
     pipeline: dict = Field(default_factory=dict)

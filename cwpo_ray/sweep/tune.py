@@ -3,10 +3,13 @@ needs for one (grid point, seed, method) — the TorchTrainer inside `align` rep
 ``TuneReportCallback`` — and ends by reporting the method's validation GRA. Passing a Trainer to
 ``Tuner`` is not supported in Train V2.
 
-Run folders under ``output_dir``::
+Run folders under ``output_dir`` (a local path or a URI: every location is a string joined with
+:func:`cwpo_ray.io.join`)::
 
     shared/seed{S}/{upstream point}/      synthesize, prepare, train-annotator, annotate, sft (shared)
     trials/seed{S}/{point}/{method}/      align/{method}/, eval_validation/, eval_test/ (selected points)
+    tune/                                 Ray Tune's experiment state (RunConfig.storage_path)
+    results.csv  results.md  gra_sweep.png  summary.json
 
 The selection (:func:`select_per_method`) reads validation rows only; the test evaluation runs after it.
 """
@@ -20,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from cwpo_ray import console
+from cwpo_ray import console, io
 from cwpo_ray.config import load_config
 from cwpo_ray.results import SweepResult, SweepRow, SweepSelection, write_result
 from cwpo_ray.sweep.config import UPSTREAM, SweepConfig
@@ -78,29 +81,30 @@ def trial_configs(cfg: SweepConfig, point: dict, seed: int, method: str, split: 
     from cwpo_ray.pipeline import PipelineConfig
 
     base = base_pipeline(cfg)
-    out = Path(cfg.output_dir).resolve()
+    out = io.absolute(cfg.output_dir)
     data = base.model_dump(mode="json", exclude_unset=True)
     seeded = [*seed_overrides(seed, base.synthetic is not None), *(f"{k}={json.dumps(v)}" for k, v in point.items())]
     up = {k: v for k, v in point.items() if k.split(".")[0] in UPSTREAM}
-    shared_run = RunLayout.of(out / "shared" / f"seed{seed}" / slug(up))
+    shared_run = RunLayout.of(io.join(out, "shared", f"seed{seed}", slug(up)))
     methods = cfg.methods or list(base.methods)
     upstream = [s for s in ("prepare", "train-annotator", "annotate", "sft") if s in base.stages]
     shared = build_config(PipelineConfig, {**data, "run_dir": str(shared_run.root), "stages": upstream,
                                            "methods": {m: base.methods[m].model_dump() for m in methods}}, seeded)
-    tdir = out / "trials" / f"seed{seed}" / slug(point) / method
-    own = {**data, "run_dir": str(tdir), "stages": ["align", "evaluate"],
+    tdir = io.join(out, "trials", f"seed{seed}", slug(point), method)
+    own = {**data, "run_dir": tdir, "stages": ["align", "evaluate"],
            "methods": {method: base.methods[method].model_dump()}}
     paths = [f"prepare.output_dir={shared_run.data}", f"annotator.output_dir={shared_run.annotator}",
              f"annotate.output_dir={shared_run.annotated}", f"sft.output_dir={shared_run.sft}",
-             f"evaluate.prompts_path={shared_run.data}/{split}", f"evaluate.output_dir={tdir / f'eval_{split}'}"]
+             f"evaluate.prompts_path={shared_run.data}/{split}", f"evaluate.output_dir={io.join(tdir, f'eval_{split}')}"]
     if base.synthetic is not None:
         paths.append(f"synthetic.output_dir={shared_run.synthetic}")
     return shared, build_config(PipelineConfig, own, [*seeded, *paths])
 
 
 def run_trial(params: dict, sweep: dict) -> dict:
-    """One trial: the shared stages for its upstream point and seed (under a lock), then its own align +
-    validation evaluate."""
+    """One trial: the shared stages for its upstream point and seed (under a lock: :func:`cwpo_ray.io.lock_file`
+    of the shared run folder; the trial drivers all run on the head node, see :func:`run_sweep`), then its
+    own align + validation evaluate."""
     from filelock import FileLock
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -110,8 +114,7 @@ def run_trial(params: dict, sweep: dict) -> dict:
     cfg = SweepConfig.model_validate(sweep)
     point, seed, method = params["point"], params["seed"], params["method"]
     shared, own = trial_configs(cfg, point, seed, method)
-    Path(shared.run_dir).mkdir(parents=True, exist_ok=True)
-    with FileLock(Path(shared.run_dir) / ".lock"):  # one trial per (upstream point, seed) runs (or finds) them
+    with FileLock(io.lock_file(shared.run_dir)):  # one trial per (upstream point, seed) runs (or finds) them
         run_pipeline(shared)
     res = run_pipeline(own, train_callbacks=[TuneReportCallback()])
     m = res.evaluation.methods[method]
@@ -143,11 +146,24 @@ def select_per_method(rows: list[SweepRow]) -> dict[str, dict]:
     return out
 
 
+def check_sweep_storage(cfg: SweepConfig) -> None:
+    """Fail fast, before Ray starts, with one line naming the field: ``output_dir``'s store (scheme,
+    endpoint, credentials, bucket). The pipeline's own inputs are checked by each stage as it starts."""
+    io.check_storage(cfg.output_dir, "output_dir")
+
+
+# Every trial driver runs on the head node (where `cwpo sweep`'s own driver runs, locally or under `ray job
+# submit`): the lock on a shared run folder (io.lock_file) then serialises all of them, on an object store
+# too. A trial driver holds trial_cpus and mostly waits on its stages' Ray tasks and trainers, placed anywhere.
+HEAD_NODE = {"node:__internal_head__": 0.001}
+
+
 def run_sweep(cfg: SweepConfig) -> SweepResult:
     from ray import tune
 
     from cwpo_ray.runtime import init_ray
 
+    check_sweep_storage(cfg)
     ray_cfg = cfg.ray
     if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         # Local Ray: trial drivers hold trial_cpus each and mostly wait on their TorchTrainer, whose
@@ -171,11 +187,11 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     for p in points:  # every key and value of the space must make a valid pipeline config
         trial_configs(cfg, p, cfg.seeds[0], methods[0])
     init_ray(ray_cfg)
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = io.absolute(cfg.output_dir)
+    io.makedirs(out)
     space = {"point": tune.grid_search(points), "seed": tune.grid_search(cfg.seeds), "method": tune.grid_search(methods)}
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=cfg.model_dump(mode="json")),
-                                    {"CPU": cfg.trial_cpus})
+                                    {"CPU": cfg.trial_cpus, **HEAD_NODE})
     scheduler = None
     if cfg.asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -187,7 +203,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials, scheduler=scheduler),
-        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune"),
+        run_config=tune.RunConfig(name="sweep", storage_path=io.join(out, "tune"),
                                   # quiet console: no status tables; one bar of finished trials instead
                                   verbose=0 if console.quiet() else None,
                                   callbacks=[trial_bar(len(points) * len(cfg.seeds) * len(methods))]),
@@ -206,7 +222,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
             selected[method] = final_test(cfg, method, s)
     write_results(rows, selected, out)
     summary = SweepResult(trials=len(rows), ok=sum(r.status == "ok" for r in rows), seconds=round(time.time() - t, 1),
-                          results_csv=str(out / "results.csv"), results_md=str(out / "results.md"), rows=rows,
+                          results_csv=io.join(out, "results.csv"), results_md=io.join(out, "results.md"), rows=rows,
                           selected=selected)
     write_result(out, summary)
     return summary
@@ -250,7 +266,14 @@ def final_test(cfg: SweepConfig, method: str, s: SweepSelection) -> SweepSelecti
                                           "test_per_seed": g["per_seed"]})
 
 
-def write_results(rows: list[SweepRow], selected: dict[str, SweepSelection], out: Path) -> None:
+def write_results(rows: list[SweepRow], selected: dict[str, SweepSelection], out: str | Path) -> None:
+    """``results.csv``, ``results.md`` and ``gra_sweep.png`` in ``out`` (a local folder or a URI: written in a
+    local staging folder, then uploaded, :func:`cwpo_ray.io.staged_dir`)."""
+    with io.staged_dir(str(out)) as work:
+        _write_results(rows, selected, Path(work))
+
+
+def _write_results(rows: list[SweepRow], selected: dict[str, SweepSelection], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,5 +329,5 @@ def format_sweep(s: SweepResult) -> str:
     for m, sel in s.selected.items():
         t = "" if sel.test_gra is None else f"; test GRA {sel.test_gra:.3f} [{sel.test_gra_ci[0]:.3f}, {sel.test_gra_ci[1]:.3f}]"
         lines.append(f"  selected for {m}: {slug(sel.point)} (validation GRA {sel.validation_gra:.3f}{t})")
-    lines.append(f"  table: {s.results_md}  plot: {Path(s.results_md).parent / 'gra_sweep.png'}")
+    lines.append(f"  table: {s.results_md}  plot: {io.join(io.parent(s.results_md), 'gra_sweep.png')}")
     return "\n".join(lines)
