@@ -8,8 +8,11 @@ metrics and its plots and report as artifacts. The run ends FINISHED, or FAILED 
 MLflow goes through ``mlflow.MlflowClient`` (explicit run ids, no global active run, so it is safe beside
 Ray's threads); ``tracking_uri`` may be a local file store (``file:///…/mlruns``; MLflow 3 keeps it in
 maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, which a file URI here sets) or a server. W&B goes through
-``wandb.init(..., reinit="create_new")``; ``mode: offline`` writes the run under ``{output_dir}/wandb``
-for a later ``wandb sync``.
+``wandb.init(..., reinit="create_new")``; ``mode: offline`` writes the run under ``{output_dir}/tracking/wandb``
+for a later ``wandb sync`` (``cwpo-logs/tracking/<stage>/wandb`` when the stage's folder is a URI).
+
+Stage folders at a URI (an object-store run folder) are tracked too: steps are followed from the remote
+``metrics.jsonl`` (polled every 5 s) and artifacts are downloaded to a temporary folder before logging.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import importlib.util
 import json
 import logging
 import os
+import posixpath
+import tempfile
 import threading
 import time
 from typing import Any
@@ -86,7 +91,7 @@ class Tracker:
         elif cfg.kind == "wandb":
             import wandb
 
-            wdir = output_dir if output_dir and "://" not in output_dir else None
+            wdir = output_dir
             if wdir:
                 os.makedirs(wdir, exist_ok=True)
             from cwpo_ray import console
@@ -115,8 +120,21 @@ class Tracker:
                 self.run.log(metrics, step=step)
 
     def log_artifact(self, path: str) -> None:
-        if not path or "://" in path or not os.path.exists(path):
+        """Log one file; a file at a URI (an object-store run folder) is downloaded to a temporary folder
+        first. A missing file is skipped."""
+        from cwpo_ray import io
+
+        if not path or not io.exists(path):
             return
+        if io.is_remote(path):
+            with tempfile.TemporaryDirectory(prefix="cwpo_artifact_") as d:
+                local = os.path.join(d, posixpath.basename(path.rstrip("/")))
+                io.copy_file(path, local)
+                self._log_local_artifact(local)
+            return
+        self._log_local_artifact(path)
+
+    def _log_local_artifact(self, path: str) -> None:
         with self._lock:
             if self.cfg.kind == "mlflow":
                 self.client.log_artifact(self.run_id, path)
@@ -155,16 +173,24 @@ def tracked(cfg: TrackingConfig, name: str, params: dict, output_dir: str | None
 def follow_steps(tracker: Tracker | None, metrics_path: str, poll_s: float = 1.0):
     """While the block runs, forward every new ``metrics.jsonl`` row (one per logged optimizer step) to the
     tracker as step metrics; the rows left when the block ends are forwarded before it returns."""
-    if tracker is None or "://" in metrics_path:
+    from cwpo_ray import io
+
+    if tracker is None:
         yield
         return
+    remote = io.is_remote(metrics_path)
+    if remote:  # an object store: the whole (small) file is read again on each poll
+        poll_s = max(poll_s, 5.0)
     stop, pos = threading.Event(), [0]
 
     def drain() -> None:
         try:
-            with open(metrics_path) as f:
-                f.seek(pos[0])
-                chunk = f.read()
+            if remote:
+                chunk = io.read_text(metrics_path)[pos[0]:] if io.exists(metrics_path) else ""
+            else:
+                with open(metrics_path) as f:
+                    f.seek(pos[0])
+                    chunk = f.read()
         except OSError:
             return
         done = chunk[:chunk.rfind("\n") + 1]  # complete lines only
@@ -203,6 +229,19 @@ def current() -> Tracker | None:
     return _CURRENT.get()
 
 
+def local_tracking_dir(output_dir: str | None, name: str) -> str | None:
+    """Where a tracker keeps its local files (W&B's run folder, for ``wandb sync`` of an offline run):
+    ``{output_dir}/tracking`` for a local stage folder; for a URI, the console's log folder
+    (``cwpo-logs/tracking/<stage>``), since W&B writes local files only."""
+    from cwpo_ray import console, io
+
+    if not output_dir:
+        return None
+    if not io.is_remote(output_dir):
+        return os.path.join(output_dir, "tracking")
+    return os.path.join(str(console.STATE.log_dir or os.path.abspath("cwpo-logs")), "tracking", name.replace("/", "_"))
+
+
 def tracked_stage(name: str, artifacts=lambda result: []):
     """Decorator of a stage's run function ``fn(cfg, ...) -> StageResult`` whose config has ``tracking``:
     a tracked run around it (params = the config without ``ray``/``tracking``; :func:`current` returns it,
@@ -215,8 +254,7 @@ def tracked_stage(name: str, artifacts=lambda result: []):
             if tcfg is None or tcfg.kind == "none":
                 return fn(cfg, *args, **kwargs)
             params = cfg.model_dump(mode="json", exclude={"tracking", "ray"})
-            out = getattr(cfg, "output_dir", None)
-            with tracked(tcfg, name, params, os.path.join(out, "tracking") if out and "://" not in out else None) as tr:
+            with tracked(tcfg, name, params, local_tracking_dir(getattr(cfg, "output_dir", None), name)) as tr:
                 token = _CURRENT.set(tr)
                 try:
                     result = fn(cfg, *args, **kwargs)

@@ -350,3 +350,51 @@ def test_sweep_run_folders_and_results_under_a_uri(s3_server, monkeypatch, tmp_p
     assert "| cw-dpo | `align.beta=0.5` | 0.550 (0.550) | not run |" in io.read_text("s3://cwpo/sweep/results.md")
     assert matplotlib.image.imread(stdio.BytesIO(io.read_bytes("s3://cwpo/sweep/gra_sweep.png")))[..., :3].std() > 0.05
 
+
+
+def test_training_metrics_and_tensorboard_at_a_uri(s3_server, monkeypatch, tmp_path):
+    """A training stage's metrics.jsonl and TensorBoard event file land under a URI output_dir (the event file
+    is written locally and uploaded after each report; a resumed run continues the old rows)."""
+    from cwpo_ray import io
+    from cwpo_ray.train.trainer import MetricsLogger, read_metrics
+
+    _aws_env(monkeypatch, s3_server)
+    monkeypatch.chdir(tmp_path)
+    out = "s3://cwpo/train-metrics/sft"
+    log = MetricsLogger(out)
+    log.start(fresh=True)
+    for step, loss in ((1, 2.0), (2, 1.5)):
+        log.after_report(None, [{"step": step, "loss": loss}], None)
+    assert [r["loss"] for r in read_metrics(out)] == [2.0, 1.5]
+    events = io.listdir(io.join(out, "tensorboard"))
+    assert len(events) == 1 and events[0].startswith("events.out.tfevents") and io.files_under(io.join(out, "tensorboard"))[0].size > 0
+    again = MetricsLogger(out, tensorboard=False)
+    again.start(fresh=False)
+    again.after_report(None, [{"step": 3, "loss": 1.0}], None)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert os.listdir(tmp_path) == []  # nothing in the working directory
+
+
+def test_tracking_follows_steps_and_logs_artifacts_at_a_uri(s3_server, monkeypatch, tmp_path):
+    """MLflow tracking of a stage whose folder is in the bucket: the steps of the remote metrics.jsonl become
+    step metrics and a plot at a URI is downloaded and logged as an artifact."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from cwpo_ray import io
+    from cwpo_ray.config import TrackingConfig
+    from cwpo_ray.tracking import follow_steps, local_tracking_dir, tracked
+
+    _aws_env(monkeypatch, s3_server)
+    out = "s3://cwpo/tracked/align/cw-dpo"
+    cfg = TrackingConfig(kind="mlflow", tracking_uri=f"file://{tmp_path}/mlruns")
+    with tracked(cfg, "align/cw-dpo", {"beta": 0.35}, local_tracking_dir(out, "align/cw-dpo")) as tr:
+        with follow_steps(tr, io.join(out, "metrics.jsonl"), poll_s=0.1):
+            io.write_text(io.join(out, "metrics.jsonl"), '{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n')
+        io.write_text(io.join(out, "gra.png"), "\x89PNG")
+        tr.log_artifact(io.join(out, "gra.png"))
+    c = MlflowClient(f"file://{tmp_path}/mlruns")
+    assert [(m.step, m.value) for m in c.get_metric_history(tr.run_id, "train/loss")] == [(1, 0.7), (2, 0.6)]
+    assert [a.path for a in c.list_artifacts(tr.run_id)] == ["gra.png"]
+    assert local_tracking_dir(out, "align/cw-dpo").endswith("cwpo-logs/tracking/align_cw-dpo")
+    assert local_tracking_dir(str(tmp_path / "sft"), "sft") == str(tmp_path / "sft" / "tracking")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ class MetricsLogger(UserCallback):
     (appended; a local file is never rewritten) and TensorBoard scalars.
 
     Object stores (``s3://`` …) cannot append: there the rows of this process are kept and the file is
-    rewritten on each report.
+    rewritten on each report; TensorBoard writes its event file to a local temporary folder, uploaded to
+    ``{output_dir}/tensorboard`` after each report.
     """
 
     def __init__(self, output_dir: str, tensorboard: bool = True):
@@ -31,9 +33,10 @@ class MetricsLogger(UserCallback):
         # absolute here, on the driver: the callback runs in the Ray Train controller, elsewhere
         self.output_dir = io.absolute(output_dir)
         self.path = io.join(self.output_dir, METRICS_FILE)
-        self.tensorboard = tensorboard and not self.remote
+        self.tensorboard = tensorboard
         self.rows: list[dict] = []
         self._tb = None
+        self._tb_dir: str | None = None  # where the event file is written (a temporary folder for a URI)
 
     def start(self, fresh: bool) -> None:
         """Before the run: a fresh run starts an empty file, a resumed one appends to the old rows."""
@@ -58,11 +61,15 @@ class MetricsLogger(UserCallback):
                 if self._tb is None:
                     from tensorboardX import SummaryWriter
 
-                    self._tb = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
+                    self._tb_dir = tempfile.mkdtemp(prefix="cwpo_tb_") if self.remote else \
+                        os.path.join(self.output_dir, "tensorboard")
+                    self._tb = SummaryWriter(self._tb_dir)
                 for k, v in m.items():
                     if isinstance(v, (int, float)) and k not in ("step", "time"):
                         self._tb.add_scalar(k, v, int(m.get("step", 0)))
                 self._tb.flush()
+                if self.remote:
+                    io.upload_dir(self._tb_dir, io.join(self.output_dir, "tensorboard"))
             except ImportError:
                 self.tensorboard = False
 
