@@ -398,3 +398,31 @@ def test_tracking_follows_steps_and_logs_artifacts_at_a_uri(s3_server, monkeypat
     assert [a.path for a in c.list_artifacts(tr.run_id)] == ["gra.png"]
     assert local_tracking_dir(out, "align/cw-dpo").endswith("cwpo-logs/tracking/align_cw-dpo")
     assert local_tracking_dir(str(tmp_path / "sft"), "sft") == str(tmp_path / "sft" / "tracking")
+
+
+def test_evaluate_response_cache_beside_a_model_at_a_uri(s3_server, monkeypatch, tmp_path):
+    """evaluate's response cache works for model folders in the bucket: keyed by the folder's files (a
+    changed file is a new key), stored beside the folder, read back as written."""
+    import pyarrow as pa
+
+    from cwpo_ray import io
+    from cwpo_ray.evaluate.config import EvaluateConfig
+    from cwpo_ray.evaluate.stage import RESPONSE_COLUMNS, _cache_read, _cache_write, response_cache_path
+    from cwpo_ray.generate.config import SamplingConfig
+
+    _aws_env(monkeypatch, s3_server)
+    model = "s3://cwpo/cache-run/sft/model"
+    io.write_text(io.join(model, "config.json"), "{}")
+    engine = build_config(EvaluateConfig, {"prompts_path": "p", "sft_model": "m", "models": {}}).engine
+    key = response_cache_path(model, ["a", "b"], 2, SamplingConfig(seed=0), engine)
+    assert key.startswith("s3://cwpo/cache-run/sft/responses_cache/") and key.endswith(".parquet")
+    assert key == response_cache_path(model, ["a", "b"], 2, SamplingConfig(seed=0), engine)
+    assert key != response_cache_path(model, ["a", "b"], 2, SamplingConfig(seed=1), engine)
+    tbl = pa.table({"prompt_id": ["a", "b"], "candidate_idx": [0, 0], "response": ["x", "y"], "seed": [0, 0],
+                    "num_tokens": [1, 1], "finish_reason": ["stop", "stop"]}).select(RESPONSE_COLUMNS)
+    assert _cache_read(key) is None
+    _cache_write(key, tbl, {"backend": "hf"})
+    back, info = _cache_read(key)
+    assert back.equals(tbl) and info == {"backend": "hf"}
+    io.write_text(io.join(model, "config.json"), '{"changed": 1}')  # another size (and last-modified)
+    assert response_cache_path(model, ["a", "b"], 2, SamplingConfig(seed=0), engine) != key

@@ -39,7 +39,7 @@ class EvaluateConfig(StrictModel):
     num_bootstrap: int = Field(default=1000, ge=100)
     ci: float = Field(default=0.95, gt=0.0, lt=1.0)
     tie_tolerance: float = Field(default=0.0, ge=0.0)  # |Δr*| <= tol counts as a tie
-    # Reuse a local model's responses when the same model files were already sampled on the same prompts
+    # Reuse a model's responses (a local folder or one at a URI) when the same model files were already sampled on the same prompts
     # with the same sampling, seed and engine settings (``{model folder}/../responses_cache/``): a sweep's
     # trials share their SFT models, whose samples are then generated once. The gold reward is always rescored.
     cache_responses: bool = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 from collections import Counter
 
@@ -142,28 +143,30 @@ RESPONSE_COLUMNS = ["prompt_id", "candidate_idx", "response", "seed", "num_token
 
 
 def response_cache_path(path: str, prompt_ids: list[str], k: int, sampling, engine) -> str | None:
-    """Where a local model folder's responses for these requests are cached: ``{folder}/../responses_cache/
-    {key}.parquet``, the key hashing the model's files (name, size, mtime), the prompts, k, the sampling
-    (its seed included) and the engine settings. None for hub ids and remote folders (not cached)."""
+    """Where a model folder's responses for these requests are cached: ``{folder}/../responses_cache/
+    {key}.parquet`` beside a local folder or one at a URI, the key hashing the model's files (name, size,
+    mtime), the prompts, k, the sampling (its seed included) and the engine settings. None for hub ids."""
     import hashlib
     import json
 
-    if io.is_remote(path) or not os.path.isdir(path):
+    if not io.is_dir(path):
         return None
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in os.scandir(path) if f.is_file())
+    root = io.resolve(path)[1].rstrip("/")
+    files = [(posixpath.relpath(f.path, root), f.size, f.mtime_ns) for f in io.files_under(path)]
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"files": files, "k": k, "sampling": sampling.model_dump(mode="json"),
                          "engine": engine.model_dump(mode="json"), "prompts": prompt_ids}).encode())
-    return os.path.join(os.path.dirname(os.path.abspath(path)), "responses_cache", f"{h.hexdigest()}.parquet")
+    return io.join(io.parent(path), "responses_cache", f"{h.hexdigest()}.parquet")
 
 
 def _cache_read(cache: str | None) -> tuple[pa.Table, dict] | None:
     import json
 
-    if cache is None or not os.path.exists(cache):
+    if cache is None or not io.exists(cache):
         return None
     try:
-        t = pq.read_table(cache)
+        fs, p = io.resolve(cache)
+        t = pq.read_table(p, filesystem=fs)
         info = json.loads((t.schema.metadata or {}).get(b"cwpo_generation", b"{}"))
         return t.select(RESPONSE_COLUMNS), info
     except Exception as e:  # a torn cache file is regenerated, never fatal
@@ -176,12 +179,16 @@ def _cache_write(cache: str | None, tbl: pa.Table, gen: dict) -> None:
 
     if cache is None:
         return
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
     t = tbl.select(RESPONSE_COLUMNS)
     t = t.replace_schema_metadata({b"cwpo_generation": json.dumps(gen).encode()})
-    tmp = f"{cache}.{os.getpid()}.tmp"
+    fs, p = io.resolve(cache)
+    fs.create_dir(posixpath.dirname(p), recursive=True)
+    if io.is_remote(cache):  # an object store's PUT is atomic: readers see the old object or the new one
+        pq.write_table(t, p, filesystem=fs)
+        return
+    tmp = f"{p}.{os.getpid()}.tmp"
     pq.write_table(t, tmp)
-    os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the whole new one
+    os.replace(tmp, p)  # atomic: a concurrent reader sees the old file or the whole new one
 
 
 def _generate_models(prompts: list[str], models: dict[str, tuple[str, object]], k: int, engine) -> dict:
