@@ -86,7 +86,8 @@ def test_sweep_on_synthetic_task_selects_on_validation_then_tests(tmp_path, ray_
         "pipeline": {"synthetic": {"task": {"num_pairs": 600}, "pretrain": {"num_texts": 512, "epochs": 1}},
                      "annotator": {"epochs": 1, "cpus_per_worker": 0.5},
                      "sft": {"epochs": 1, "cpus_per_worker": 0.5}, "align": {"epochs": 1, "cpus_per_worker": 0.5},
-                     "evaluate": {"max_prompts": 12, "num_samples": 2, "num_bootstrap": 200},
+                     # HF generation: no vLLM engine start per evaluation (vLLM's path: test_evaluate, test_pipeline)
+                     "evaluate": {"max_prompts": 12, "num_samples": 2, "num_bootstrap": 200, "engine": {"backend": "hf"}},
                      "stages": ["prepare", "train-annotator", "annotate", "sft", "align", "evaluate"]},
     })
     s = run_sweep(cfg)
