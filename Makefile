@@ -18,4 +18,4 @@ demo: install
 # pipeline on S3: 1,424 s of the 2,189).
 test: install
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 timeout 4200 $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests
+	HF_HUB_OFFLINE=1 timeout 4200 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
