@@ -47,6 +47,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (tests/s3.py) with an empty bucket ``cwpo``; its endpoint URL."""
+    from tests.s3 import make_bucket, start_moto
+
+    p, endpoint = start_moto()
+    make_bucket(endpoint, "cwpo")
+    yield endpoint
+    p.terminate()
+    p.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (2 CPUs, small object store)."""

@@ -86,20 +86,8 @@ def _labels(run):
     return t.select(["pair_id", "chosen", "rejected", "score_chosen", "confidence"]).to_pydict()
 
 
-@pytest.fixture(scope="module")
-def s3_bucket():
-    """moto's S3 server on 127.0.0.1 with an empty bucket ``cwpo`` (tests/s3.py)."""
-    from tests.s3 import make_bucket, start_moto
-
-    p, endpoint = start_moto()
-    make_bucket(endpoint, "cwpo")
-    yield endpoint
-    p.terminate()
-    p.wait(timeout=30)
-
-
 @pytest.mark.timeout(900)
-def test_same_config_on_s3_gives_identical_numbers_and_writes_nothing_locally(s3_bucket, monkeypatch, tmp_path):
+def test_same_config_on_s3_gives_identical_numbers_and_writes_nothing_locally(s3_server, monkeypatch, tmp_path):
     """The resume test's config again, in a fresh process, with ``run_dir=s3://cwpo/run`` on a real S3 API
     (moto's server) and an empty working directory. It proves three things with one run:
 
@@ -118,7 +106,7 @@ def test_same_config_on_s3_gives_identical_numbers_and_writes_nothing_locally(s3
     first = _RUNS.get("killed_and_resumed")
     if first is None or not (first / "eval" / "metrics.json").exists():
         pytest.skip("needs the resume test's finished run (same module, runs first)")
-    aws_env(monkeypatch, s3_bucket)
+    aws_env(monkeypatch, s3_server)
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()
     cwd.mkdir()

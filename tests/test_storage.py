@@ -21,15 +21,6 @@ from tests.s3 import make_bucket as _make_bucket
 from tests.s3 import start_moto as _start_moto
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    p, endpoint = _start_moto()
-    _make_bucket(endpoint, "cwpo")
-    yield endpoint
-    p.terminate()
-    p.wait(timeout=30)
-
-
 @pytest.fixture
 def no_compute(monkeypatch):
     """Any stage that gets as far as starting Ray fails the test: the storage check must come first."""
