@@ -1,19 +1,31 @@
 """The paper's protocol in miniature on the embedded synthetic task (regenerates docs/results/miniature.md).
 
-    python jobs/reproduce_miniature.py [--seeds 0 1 2 3 4] [--run-dir runs/miniature] [--out docs/results]
+    python jobs/reproduce_miniature.py [--seeds 0 1 2 3 4] [--run-dir runs/miniature] [--hours H]
+                                       [--ledger docs/results/miniature_runs] [--out docs/results]
                                        [--grid align.beta=0.35,0.5] [--plan] [--report-only]
 
-Hours on a 2-core CPU machine (not run in CI). Re-running resumes: every stage of every run is skipped
-when its manifest says it is finished with the same config, and the evaluate stage reuses cached responses.
+About 10 hours on a 2-core CPU machine (not run in CI), so it runs in pieces, on any machine, and resumes:
+every finished trial is recorded in the **ledger** (``docs/results/miniature_runs``, committed to git:
+the evaluation records the page needs, ~30 KB per trial, no models), and a trial whose record is there
+never runs again. ``--hours`` stops starting new trials after that long; commit the ledger and run the
+same command again, here or on another machine, to go on. The page is rebuilt from the ledger alone
+(``--report-only``) and says how far the runs got. Within one invocation, the shared upstream runs of a
+seed (annotator, weak labels, SFT models) are reused through the pipeline's manifest; a new invocation
+rebuilds those of the seed it resumes in (the same config and seed give the same numbers, and the
+ledger checks it: an SFT model's test responses must equal those recorded by an earlier trial).
 
 Protocol (Afzali, Brbic, Jeon, ICLR 2026; their Appendix G where it applies to tiny models):
 - Base: the demo config (``cwpo_ray/configs/demo.yaml``: task, tiny pretrained backbones, annotator, SFT and
   align recipe) with the paper's student initialisation (``sft_data: method_labels``: SFT on (x, y+) of
   D_unlabeled by the labels the method uses; each method is regularised towards and compared with its own
   SFT model) and a test split of >= 400 prompts (``prepare.test_fraction`` below).
-- Part A (labeled fraction 0.3, D_labeled / D_unlabeled = 30 / 70 of the training prompts): ``cwpo sweep``
-  over GRID x METHODS x seeds, every trial scored on the validation prompts; each method's point is the
-  one with the highest mean validation GRA; that point is then evaluated once on the test prompts.
+- Part A (labeled fraction 0.3, D_labeled / D_unlabeled = 30 / 70 of the training prompts): the trials of
+  ``cwpo sweep`` (its :func:`~cwpo_ray.sweep.tune.trial_configs`: run folders, seeds, splits) over GRID x
+  METHODS x seeds, run one after another by this job rather than by Ray Tune so that the ledger can carry
+  them across sessions. Each trial aligns its method and evaluates it on the validation prompts and, so
+  that no model has to be kept until the selection, on the test prompts. The selection is the sweep's
+  (:func:`~cwpo_ray.sweep.tune.select_per_method`) over the validation records alone: per method, the
+  point with the highest mean validation GRA. The page reads the test records of the selected points only.
 - Part B, the labeled-fraction curve (Figure 3 left): D_unlabeled fixed (``prepare.unlabeled_fraction``
   0.5: the same half of the training prompts at every fraction), labeled fraction 0.1 ... 0.5; CW-DPO,
   WS-DPO and DPO on D_labeled at the points Part A selected for them (not re-selected per fraction), on
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -85,81 +98,229 @@ def curve_config(run: Path, seeds: list[int], grid: dict, fraction: float):
                         methods=CURVE_METHODS)
 
 
+# ---------------------------------------------------------------------------------------------- ledger
+# The run folders (models, checkpoints, Ray logs: ~4 MB per trial) live in --run-dir and are not kept; what
+# the page needs is copied, as each trial finishes, into the ledger: a compact mirror of the run folder's
+# layout that is committed to git, so the job resumes across machines and sessions (a finished trial is
+# one whose record is in the ledger). Per trial: eval_validation/metrics.json (the validation GRA the
+# selection reads) and eval_test/{metrics.json, responses.parquet} (the method's own test responses, text
+# dropped); per shared upstream run: label_stats.json and references_test.parquet (its SFT models' test
+# responses, merged over the trials that sampled them, and checked equal where two trials did).
+LEDGER = Path(__file__).resolve().parents[1] / "docs" / "results" / "miniature_runs"
+RESPONSE_COLUMNS = ["method", "prompt_id", "sample", "num_tokens", "finish_reason", "gold"]
+SPLITS = ("validation", "test")
+
+
+class Ledger:
+    def __init__(self, run: Path, root: Path):
+        self.run, self.root = run.resolve(), root
+
+    def path(self, run_path: str | Path) -> Path:
+        """Where the ledger mirrors a path of the run folder."""
+        return self.root / Path(run_path).resolve().relative_to(self.run)
+
+    def has(self, own) -> bool:
+        return (self.path(own.evaluate.output_dir) / "metrics.json").exists()
+
+    def record(self, shared, own, method: str, split: str, seconds: float) -> None:
+        import shutil
+
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        src, dst = Path(own.evaluate.output_dir), self.path(own.evaluate.output_dir)
+        dst.mkdir(parents=True, exist_ok=True)
+        up = self.path(shared.run_dir)
+        up.mkdir(parents=True, exist_ok=True)
+        stats = Path(shared.run_dir) / "label_stats.json"
+        if stats.exists():
+            shutil.copyfile(stats, up / "label_stats.json")
+        if split == "test":
+            t = pq.read_table(src / "responses.parquet").select(RESPONSE_COLUMNS)
+            mine = pc.equal(t.column("method"), method)
+            pq.write_table(t.filter(mine), dst / "responses.parquet", compression="zstd")
+            refs, ref_file = t.filter(pc.invert(mine)), up / "references_test.parquet"
+            if ref_file.exists():
+                refs = merge_references(pq.read_table(ref_file), refs)
+            pq.write_table(refs.sort_by([("method", "ascending"), ("prompt_id", "ascending"), ("sample", "ascending")]),
+                           ref_file, compression="zstd")
+        shutil.copyfile(src / "metrics.json", dst / "metrics.json")  # last: its presence marks the trial done
+        with open(self.root / "units.jsonl", "a") as f:
+            f.write(json.dumps({"eval": str(dst.relative_to(self.root)), "seconds": round(seconds, 1),
+                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+    def eval_dir(self, own) -> Path:
+        return self.path(own.evaluate.output_dir)
+
+
+def merge_references(old, new):
+    """Union of two tables of reference responses; a (model, prompt, sample) in both must have the same gold
+    reward (the same SFT model sampled with the same seeds: a difference means the runs are not reproducible)."""
+    import pyarrow as pa
+
+    have = {(m, p, s): g for m, p, s, g in zip(*(old.column(c).to_pylist() for c in ("method", "prompt_id", "sample", "gold")))}
+    keep = []
+    for i, key in enumerate(zip(*(new.column(c).to_pylist() for c in ("method", "prompt_id", "sample")))):
+        if key in have:
+            if have[key] != new.column("gold")[i].as_py():
+                raise RuntimeError(f"reference response {key} differs between two runs: {have[key]} vs "
+                                   f"{new.column('gold')[i].as_py()}")
+        else:
+            keep.append(i)
+    return pa.concat_tables([old, new.take(pa.array(keep, pa.int64()))])
+
+
 # ---------------------------------------------------------------------------------------------- running
-def run_part_a(run: Path, seeds: list[int], grid: dict):
-    from cwpo_ray.sweep.tune import format_sweep, run_sweep
-
-    res = run_sweep(sweep_config(run / "table", seeds, grid))
-    print(format_sweep(res), flush=True)
-    return res
-
-
-def run_curve(run: Path, seeds: list[int], grid: dict, selected: dict[str, dict]) -> None:
-    """Part B without Tune: per fraction, seed and method, the shared upstream run and the method's own
-    align + test evaluate at the point Part A selected for it (the sweep's folder layout)."""
+def run_trial(ledger: Ledger, cfg, point: dict, seed: int, method: str, splits=SPLITS) -> bool:
+    """One trial (align ``method`` at ``point`` in ``seed``, evaluate it on each split) unless the ledger has
+    it; the shared upstream run first (the pipeline skips its finished stages). Returns whether it ran."""
     from cwpo_ray.pipeline import run_pipeline
-    from cwpo_ray.sweep.tune import trial_configs
+    from cwpo_ray.sweep.tune import slug, trial_configs
 
-    for f in FRACTIONS:
-        cfg = curve_config(run, seeds, grid, f)
-        for seed in seeds:
+    todo = [(s, *trial_configs(cfg, point, seed, method, split=s)) for s in splits]
+    todo = [x for x in todo if not ledger.has(x[2])]
+    if not todo:
+        return False
+    t = time.time()
+    run_pipeline(todo[0][1])
+    for split, shared, own in todo:
+        run_pipeline(own)  # align once (the second split's run finds it finished), then evaluate on the split
+        ledger.record(shared, own, method, split, time.time() - t)
+    print(f"[reproduce] {ledger.path(todo[0][2].run_dir).relative_to(ledger.root)} ({slug(point)}): "
+          f"{', '.join(s for s, *_ in todo)} in {time.time() - t:.0f}s", flush=True)
+    return True
+
+
+def selection(ledger: Ledger, cfg, grid: dict, seeds: list[int], methods) -> dict[str, dict]:
+    """The sweep's own selection (:func:`cwpo_ray.sweep.tune.select_per_method`) over the validation
+    records of the ledger: per method, the point with the highest validation GRA averaged over ``seeds``.
+    Reads eval_validation only. Methods not finished at every point in every seed are left out."""
+    from cwpo_ray.results import EvaluateResult, SweepRow, read_result
+    from cwpo_ray.sweep.tune import grid as points
+    from cwpo_ray.sweep.tune import select_per_method, trial_configs
+
+    out = {}
+    for method in methods:
+        rows = []
+        for p in points(grid):
+            for seed in seeds:
+                _, own = trial_configs(cfg, p, seed, method, split="validation")
+                f = ledger.eval_dir(own) / "metrics.json"
+                if f.exists():
+                    m = read_result(EvaluateResult, f).methods[method]
+                    rows.append(SweepRow(point=p, seed=seed, method=method, val_gra=m.gra, val_gra_ci_low=m.gra_ci[0],
+                                         val_gra_ci_high=m.gra_ci[1], val_gold_gain=m.mean_gain, status="ok"))
+        if len(rows) == len(points(grid)) * len(seeds):
+            out.update(select_per_method(rows))
+    return out
+
+
+def run_all(ledger: Ledger, run: Path, seeds: list[int], grid: dict, deadline: float) -> bool:
+    """Part A (every grid point, method and seed, on validation and test), then Part B at the points Part A
+    selected. Seed by seed, so that a stop loses at most the shared runs of one seed. Returns whether
+    everything is done (False: stopped at ``deadline``)."""
+    from cwpo_ray.sweep.tune import grid as points
+
+    a = sweep_config(run / "table", seeds, grid)
+    for seed in seeds:
+        for p in points(grid):
+            for method in METHODS:
+                if time.time() > deadline:
+                    return False
+                run_trial(ledger, a, p, seed, method)
+    selected = selection(ledger, a, grid, seeds, METHODS)
+    (ledger.root / "table").mkdir(parents=True, exist_ok=True)
+    (ledger.root / "table" / "selected.json").write_text(json.dumps(selected, indent=2))
+    for seed in seeds:
+        for f in FRACTIONS:
+            c = curve_config(run, seeds, grid, f)
             for method in CURVE_METHODS:
-                shared, own = trial_configs(cfg, selected[method], seed, method, split="test")
-                t = time.time()
-                run_pipeline(shared)
-                run_pipeline(own)
-                print(f"[reproduce] curve: labeled {f} seed {seed} {method} done in {time.time() - t:.0f}s", flush=True)
+                if time.time() > deadline:
+                    return False
+                run_trial(ledger, c, selected[method]["point"], seed, method, splits=("test",))
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def method_tables(cfg, method: str, point: dict, seeds: list[int]):
-    """Per seed: (responses table, this method's reference name) of its test evaluation at ``point``."""
-    from cwpo_ray.evaluate.compare import read_responses
+def method_tables(ledger: Ledger, cfg, method: str, point: dict, seeds: list[int]):
+    """Per seed: (test responses of the method and its SFT models, its reference's name, its metrics)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from cwpo_ray.results import EvaluateResult, read_result
     from cwpo_ray.sweep.tune import trial_configs
 
     out = []
     for seed in seeds:
-        _, own = trial_configs(cfg, point, seed, method, split="test")
-        d = own.evaluate.output_dir
-        m = read_result(EvaluateResult, f"{d}/metrics.json")
-        out.append((read_responses([d])[0], m.compare_to.get(method, "sft"), m))
+        shared, own = trial_configs(cfg, point, seed, method, split="test")
+        d = ledger.eval_dir(own)
+        m = read_result(EvaluateResult, d / "metrics.json")
+        t = pa.concat_tables([pq.read_table(d / "responses.parquet"),
+                              pq.read_table(ledger.path(shared.run_dir) / "references_test.parquet")])
+        out.append((t, m.compare_to.get(method, "sft"), m))
     return out
 
 
-def collect(run: Path, seeds: list[int], grid: dict) -> dict:
-    """Everything the report needs, from the finished runs (per-prompt win shares, label statistics)."""
+def complete_seeds(ledger: Ledger, cfg, grid: dict, seeds: list[int], methods, splits=SPLITS) -> list[int]:
+    """The seeds whose every (point, method) trial is in the ledger."""
+    from cwpo_ray.sweep.tune import grid as points
+    from cwpo_ray.sweep.tune import trial_configs
+
+    return [s for s in seeds if all(ledger.has(trial_configs(cfg, p, s, m, split=sp)[1])
+                                    for p in points(grid) for m in methods for sp in splits)]
+
+
+def collect(ledger: Ledger, run: Path, seeds: list[int], grid: dict) -> dict:
+    """Everything the report needs, from the ledger (per-prompt win shares, label statistics), over the
+    seeds of ``seeds`` that Part A finished; the curve over the seeds that finished each fraction."""
     from cwpo_ray.evaluate.compare import win_shares
-    from cwpo_ray.results import LabelReport, SweepResult, read_result
+    from cwpo_ray.results import LabelReport, read_result
     from cwpo_ray.sweep.config import UPSTREAM
-    from cwpo_ray.sweep.tune import slug
+    from cwpo_ray.sweep.tune import slug, trial_configs
 
     table_cfg = sweep_config(run / "table", seeds, grid)
-    sweep = read_result(SweepResult, run / "table" / "summary.json")
+    done = complete_seeds(ledger, table_cfg, grid, seeds, METHODS)
+    selected = selection(ledger, table_cfg, grid, done, METHODS) if done else {}
     shares, common, limit, own_ref = {}, {}, {}, {}
-    for method, sel in sweep.selected.items():
-        rows = method_tables(table_cfg, method, sel.point, seeds)
+    for method, sel in selected.items():
+        rows = method_tables(ledger, table_cfg, method, sel["point"], done)
         shares[method] = [win_shares(t, method, ref) for t, ref, _ in rows]
         common[method] = [win_shares(t, method, "sft") for t, _, _ in rows]
         own_ref[method] = rows[0][1]
         limit[method] = [m.length_limit_share[method] - m.length_limit_share[ref] for _, ref, m in rows]
     labels = []
-    for seed in seeds:
-        up = {k: v for k, v in next(iter(sweep.selected.values())).point.items() if k.split(".")[0] in UPSTREAM}
-        p = run / "table" / "shared" / f"seed{seed}" / slug(up) / "label_stats.json"
+    for seed in done:
+        up = {k: v for k, v in next(iter(selected.values()))["point"].items() if k.split(".")[0] in UPSTREAM}
+        p = ledger.root / "table" / "shared" / f"seed{seed}" / slug(up) / "label_stats.json"
         labels.append(read_result(LabelReport, p).model_dump() if p.exists() else None)
     curve: dict = {}
     for f in FRACTIONS:
         cfg = curve_config(run, seeds, grid, f)
         for method in CURVE_METHODS:
-            try:
-                rows = method_tables(cfg, method, sweep.selected[method].point, seeds)
-            except (FileNotFoundError, OSError):
-                continue  # not run (yet)
-            curve.setdefault(str(f), {})[method] = [win_shares(t, method, ref) for t, ref, _ in rows]
-    return {"seeds": seeds, "grid": grid, "sweep": sweep.model_dump(mode="json"), "shares": shares,
+            if method not in selected:
+                continue
+            ok = [s for s in done if ledger.has(trial_configs(cfg, selected[method]["point"], s, method, split="test")[1])]
+            if ok:
+                rows = method_tables(ledger, cfg, method, selected[method]["point"], ok)
+                curve.setdefault(str(f), {})[method] = [win_shares(t, method, ref) for t, ref, _ in rows]
+    return {"seeds": done, "grid": grid, "sweep": {"selected": selected}, "shares": shares,
             "shares_vs_common": common, "reference": own_ref, "length_limit_rise": limit, "labels": labels,
             "curve": curve}
+
+
+def progress(ledger: Ledger, run: Path, seeds: list[int], grid: dict) -> str:
+    """One line: trials recorded / planned, and the machine time they took."""
+    from cwpo_ray.sweep.tune import grid as points
+
+    n_a = len(points(grid)) * len(METHODS) * len(seeds) * len(SPLITS)
+    n_b = len(FRACTIONS) * len(CURVE_METHODS) * len(seeds)
+    units = [json.loads(x) for x in (ledger.root / "units.jsonl").read_text().splitlines()] \
+        if (ledger.root / "units.jsonl").exists() else []
+    got_a = sum(u["eval"].startswith("table/") for u in units)
+    got_b = sum(u["eval"].startswith("curve/") for u in units)
+    hours = sum(u["seconds"] for u in units if u["eval"].endswith("eval_test")) / 3600  # a trial's time, upstream included
+    return (f"Part A {got_a}/{n_a} evaluations, Part B {got_b}/{n_b}; recorded trials took {hours:.1f} h on the "
+            "2-core CPU machine")
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -183,7 +344,7 @@ def fmt_gra(g: dict) -> str:
     return f"{g['gra']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
 
 
-def report(data: dict, out: Path, wall: str | None = None) -> str:
+def report(data: dict, out: Path, status: str | None = None) -> str:
     """The results page (markdown + json + one plot per part) from :func:`collect`'s data. Pure: no runs."""
     import matplotlib
     import numpy as np
@@ -222,12 +383,13 @@ def report(data: dict, out: Path, wall: str | None = None) -> str:
     L = ["# CW-PO in miniature: the paper's protocol on the synthetic task", "",
          f"Seeds {seeds}; {'/'.join(map(str, n_prompts))} test prompts per seed x 4 samples; grid shared by every "
          f"method: `{json.dumps(data['grid'])}` (other align settings: the demo's). Regenerate: "
-         f"`python jobs/reproduce_miniature.py --seeds {' '.join(map(str, seeds))}`"
-         + (f"; wall time {wall}." if wall else "."), "",
+         "`python jobs/reproduce_miniature.py`.", "", *([f"**Progress.** {status}", ""] if status else []),
          "GRA: share of (prompt, sample) comparisons where the method's response has the higher gold reward r* than "
          "its reference's (its own SFT model, the paper's initialisation; 'vs common SFT' uses the SFT model of "
          "D_labeled's human labels for every method). CIs: two-level bootstrap over seeds x prompts; differences are "
-         "paired per prompt. Every hyperparameter was selected on validation prompts; test was read once, after.", ""]
+         "paired per prompt. Every hyperparameter was selected on validation prompts alone (the sweep's selection over "
+         "the validation records); each trial is also evaluated on test when it finishes, so that no model has to be "
+         "kept, and this page reads the test results of the selected points only.", ""]
 
     # 1. sanity gate
     L += ["## 1. Sanity gate: does preference optimization work here?", ""]
@@ -325,7 +487,7 @@ def report(data: dict, out: Path, wall: str | None = None) -> str:
     (out / "miniature.json").write_text(json.dumps({
         "seeds": seeds, "grid": data["grid"], "selected": sel, "gra": g, "gra_vs_common_sft": gc,
         "length_limit_rise": data["length_limit_rise"], "labels": data["labels"], "curve": curve_g,
-        "verdicts": verdicts, "wall_time": wall}, indent=2))
+        "verdicts": verdicts, "status": status}, indent=2))
     return text
 
 
@@ -340,14 +502,17 @@ def parse_grid(items: list[str]) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--run-dir", default="runs/miniature")
+    ap.add_argument("--run-dir", default="runs/miniature", help="run folders (models, checkpoints; not kept)")
+    ap.add_argument("--ledger", default=str(LEDGER), help="the finished trials' records (committed; resumes from here)")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--grid", nargs="+", default=None, help=f"dotted.key=v1,v2 (default: {json.dumps(GRID)})")
+    ap.add_argument("--hours", type=float, default=None, help="start no new trial after this many hours")
     ap.add_argument("--plan", action="store_true", help="validate every config and print the plan; run nothing")
-    ap.add_argument("--report-only", action="store_true", help="rebuild the page from finished runs")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the page from the ledger")
     args = ap.parse_args()
     grid = parse_grid(args.grid) if args.grid else GRID
     run, out = Path(args.run_dir).resolve(), Path(args.out)
+    ledger = Ledger(run, Path(args.ledger))
     if args.plan:
         from cwpo_ray.sweep.tune import base_pipeline, trial_configs
         from cwpo_ray.sweep.tune import grid as points
@@ -362,15 +527,14 @@ def main():
             for m in CURVE_METHODS:
                 trial_configs(c, points(grid)[0], args.seeds[0], m, split="test")
         n_a = len(points(grid)) * len(METHODS) * len(args.seeds)
-        print(f"plan: part A {n_a} validation trials + {len(METHODS) * len(args.seeds)} test evaluations; part B "
+        print(f"plan: part A {n_a} trials (each evaluated on validation and test); part B "
               f"{len(FRACTIONS) * len(CURVE_METHODS) * len(args.seeds)} aligned students on test; grid {json.dumps(grid)}")
+        print(progress(ledger, run, args.seeds, grid))
         return
-    t = time.time()
     if not args.report_only:
-        res = run_part_a(run, args.seeds, grid)
-        run_curve(run, args.seeds, grid, {m: s.point for m, s in res.selected.items()})
-    wall = None if args.report_only else f"{(time.time() - t) / 3600:.1f} h this invocation"
-    print(report(collect(run, args.seeds, grid), out, wall))
+        deadline = time.time() + 3600 * args.hours if args.hours else math.inf
+        run_all(ledger, run, args.seeds, grid, deadline)
+    print(report(collect(ledger, run, args.seeds, grid), out, progress(ledger, run, args.seeds, grid)))
 
 
 if __name__ == "__main__":
