@@ -319,8 +319,14 @@ def progress(ledger: Ledger, run: Path, seeds: list[int], grid: dict) -> str:
     got_a = sum(u["eval"].startswith("table/") for u in units)
     got_b = sum(u["eval"].startswith("curve/") for u in units)
     hours = sum(u["seconds"] for u in units if u["eval"].endswith("eval_test")) / 3600  # a trial's time, upstream included
-    return (f"Part A {got_a}/{n_a} evaluations, Part B {got_b}/{n_b}; recorded trials took {hours:.1f} h on the "
-            "2-core CPU machine")
+    text = (f"Part A {got_a}/{n_a} evaluations, Part B {got_b}/{n_b}; recorded trials took {hours:.1f} h on the "
+            "2-core CPU machine.")
+    done = complete_seeds(ledger, sweep_config(run / "table", seeds, grid), grid, seeds, METHODS)
+    if done != seeds:
+        text += (f" **Provisional**: the tables below cover the seeds Part A has finished ({done or 'none yet'} of "
+                 f"{seeds}), and the selection on validation is over those seeds only; both change as the others "
+                 "finish.")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -532,6 +538,9 @@ def main():
         print(progress(ledger, run, args.seeds, grid))
         return
     if not args.report_only:
+        from cwpo_ray import console
+
+        console.setup(run / "logs", verbose=False)  # like `cwpo`: stage summaries here, library logs in files
         deadline = time.time() + 3600 * args.hours if args.hours else math.inf
         run_all(ledger, run, args.seeds, grid, deadline)
     print(report(collect(ledger, run, args.seeds, grid), out, progress(ledger, run, args.seeds, grid)))
