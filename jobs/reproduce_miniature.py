@@ -11,8 +11,9 @@ never runs again. ``--hours`` stops starting new trials after that long; commit 
 same command again, here or on another machine, to go on. The page is rebuilt from the ledger alone
 (``--report-only``) and says how far the runs got. Within one invocation, the shared upstream runs of a
 seed (annotator, weak labels, SFT models) are reused through the pipeline's manifest; a new invocation
-rebuilds those of the seed it resumes in (the same config and seed give the same numbers, and the
-ledger checks it: an SFT model's test responses must equal those recorded by an earlier trial).
+rebuilds those of the seed it resumes in (the same config and seed give the same numbers on the same
+kind of machine, and the ledger checks it: an SFT model's test responses must equal those recorded by an
+earlier trial, so the trials of one seed must come from one kind of machine; each record names it).
 
 Protocol (Afzali, Brbic, Jeon, ICLR 2026; their Appendix G where it applies to tiny models):
 - Base: the demo config (``cwpo_ray/configs/demo.yaml``: task, tiny pretrained backbones, annotator, SFT and
@@ -40,6 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -109,6 +112,7 @@ def curve_config(run: Path, seeds: list[int], grid: dict, fraction: float):
 LEDGER = Path(__file__).resolve().parents[1] / "docs" / "results" / "miniature_runs"
 RESPONSE_COLUMNS = ["method", "prompt_id", "sample", "num_tokens", "finish_reason", "gold"]
 SPLITS = ("validation", "test")
+MACHINE = {"cpus": os.cpu_count(), "platform": platform.machine()}  # in each record: where it was measured
 
 
 class Ledger:
@@ -147,7 +151,7 @@ class Ledger:
         shutil.copyfile(src / "metrics.json", dst / "metrics.json")  # last: its presence marks the trial done
         with open(self.root / "units.jsonl", "a") as f:
             f.write(json.dumps({"eval": str(dst.relative_to(self.root)), "seconds": round(seconds, 1),
-                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **MACHINE}) + "\n")
 
     def eval_dir(self, own) -> Path:
         return self.path(own.evaluate.output_dir)
@@ -163,8 +167,11 @@ def merge_references(old, new):
     for i, key in enumerate(zip(*(new.column(c).to_pylist() for c in ("method", "prompt_id", "sample")))):
         if key in have:
             if have[key] != new.column("gold")[i].as_py():
-                raise RuntimeError(f"reference response {key} differs between two runs: {have[key]} vs "
-                                   f"{new.column('gold')[i].as_py()}")
+                raise RuntimeError(
+                    f"reference response {key} differs between two runs: gold {have[key]} recorded, "
+                    f"{new.column('gold')[i].as_py()} now. This run does not reproduce the recorded one (another "
+                    "kind of machine, thread count or library version?): the trials of one seed must come from one "
+                    "kind of machine; delete that seed's records from the ledger to redo them here")
         else:
             keep.append(i)
     return pa.concat_tables([old, new.take(pa.array(keep, pa.int64()))])
