@@ -4,7 +4,7 @@
                                        [--ledger docs/results/miniature_runs] [--out docs/results]
                                        [--grid align.beta=0.35,0.5] [--plan] [--report-only]
 
-About 10 hours on a 2-core CPU machine (not run in CI), so it runs in pieces, on any machine, and resumes:
+About 14 hours on a 2-core CPU machine (1.7 h per seed of Part A, measured; not run in CI), so it runs in pieces and resumes:
 every finished trial is recorded in the **ledger** (``docs/results/miniature_runs``, committed to git:
 the evaluation records the page needs, ~30 KB per trial, no models), and a trial whose record is there
 never runs again. ``--hours`` stops starting new trials after that long; commit the ledger and run the
