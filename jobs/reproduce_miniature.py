@@ -6,7 +6,7 @@
 
 About 14 hours on a 2-core CPU machine (1.7 h per seed of Part A, measured; not run in CI), so it runs in pieces and resumes:
 every finished trial is recorded in the **ledger** (``docs/results/miniature_runs``, committed to git:
-the evaluation records the page needs, ~30 KB per trial, no models), and a trial whose record is there
+the evaluation records the page needs, ~40 KB per trial, no models), and a trial whose record is there
 never runs again. ``--hours`` stops starting new trials after that long; commit the ledger and run the
 same command again, here or on another machine, to go on. The page is rebuilt from the ledger alone
 (``--report-only``) and says how far the runs got. Within one invocation, the shared upstream runs of a
