@@ -14,12 +14,17 @@ seed (annotator, weak labels, SFT models) are reused through the pipeline's mani
 rebuilds those of the seed it resumes in (the same config and seed give the same numbers on the same
 kind of machine, and the ledger checks it: an SFT model's test responses must equal those recorded by an
 earlier trial, so the trials of one seed must come from one kind of machine; each record names it).
+Several processes may share one ledger (its writes hold a file lock), each with its own ``--seeds`` and
+``--run-dir``, on a machine with cores to spare. Not on 2 cores: measured there (2026-12-04), a second
+process's synthesize slowed from about 2 to over 12 minutes beside the first one's trials (both size their
+torch threads to the whole machine), so one process at a time is faster.
 
 Protocol (Afzali, Brbic, Jeon, ICLR 2026; their Appendix G where it applies to tiny models):
-- Base: the demo config (``cwpo_ray/configs/demo.yaml``: task, tiny pretrained backbones, annotator, SFT and
-  align recipe) with the paper's student initialisation (``sft_data: method_labels``: SFT on (x, y+) of
-  D_unlabeled by the labels the method uses; each method is regularised towards and compared with its own
-  SFT model) and a test split of >= 400 prompts (``prepare.test_fraction`` below).
+- Base: the demo config (task, tiny pretrained backbones, annotator, SFT and align recipe) as it was when the
+  first trials were recorded, frozen in ``jobs/configs/miniature_base.yaml`` so that the demo can change
+  while the reproduction still resumes; with the paper's student initialisation (``sft_data:
+  method_labels``: SFT on (x, y+) of D_unlabeled by the labels the method uses; each method is regularised
+  towards and compared with its own SFT model) and a test split of >= 400 prompts (``prepare.test_fraction``).
 - Part A (labeled fraction 0.3, D_labeled / D_unlabeled = 30 / 70 of the training prompts): the trials of
   ``cwpo sweep`` (its :func:`~cwpo_ray.sweep.tune.trial_configs`: run folders, seeds, splits) over GRID x
   METHODS x seeds, run one after another by this job rather than by Ray Tune so that the ledger can carry
@@ -49,6 +54,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# The demo config frozen when the ledger's first trials ran (every trial of the reproduction must share it).
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "miniature_base.yaml"
 GRID = {"align.beta": [0.35, 0.5]}  # shared by every method; lr / epochs: the demo's (chosen on validation)
 FRACTIONS = [0.1, 0.2, 0.3, 0.4, 0.5]
 UNLABELED_FIXED = 0.5
@@ -91,7 +98,7 @@ def sweep_config(run: Path, seeds: list[int], grid: dict, pipeline: dict | None 
     from cwpo_ray.sweep.config import SweepConfig
 
     return SweepConfig.model_validate({
-        "output_dir": str(run), "pipeline_config": "demo", "pipeline": deep_merge(pipeline_overrides(), pipeline or {}),
+        "output_dir": str(run), "pipeline_config": str(BASE_CONFIG), "pipeline": deep_merge(pipeline_overrides(), pipeline or {}),
         "space": space or grid, "methods": methods or list(METHODS), "seeds": seeds, "final_test": True})
 
 
@@ -127,6 +134,15 @@ class Ledger:
         return (self.path(own.evaluate.output_dir) / "metrics.json").exists()
 
     def record(self, shared, own, method: str, split: str, seconds: float) -> None:
+        """Copy a finished evaluation into the ledger, under the ledger's file lock (several job processes,
+        one per seed, may share a ledger: see the module docstring)."""
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / ".lock")):
+            self._record(shared, own, method, split, seconds)
+
+    def _record(self, shared, own, method: str, split: str, seconds: float) -> None:
         import shutil
 
         import pyarrow.compute as pc
