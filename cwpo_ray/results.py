@@ -104,7 +104,8 @@ class SyntheticLabels(StageResult):
     pairs: int
     gold_ties: int  # pairs whose two responses have equal gold reward
     human_gold_agreement: float  # share of human labels agreeing with the gold ordering (ties excluded)
-    label_temperature: float  # the Bradley–Terry temperature of the human labels
+    label_temperature: float | None  # the Bradley–Terry temperature of the human labels (None: flip noise)
+    label_noise: str = "bradley_terry"  # SyntheticTaskConfig.label_noise
     target_agreement: float | None  # the configured human_agreement (None: a temperature was given)
 
 

@@ -64,6 +64,23 @@ def test_human_agreement_is_calibrated(target):
     assert abs(measured - target) < 4 * np.sqrt(target * (1 - target) / len(rows))  # sampled labels match it
 
 
+def test_flip_noise_keeps_the_gold_ordering_at_the_target_rate_whatever_the_margin():
+    target = 0.7
+    task = SyntheticTask(SyntheticTaskConfig(num_pairs=8000, seed=3, label_noise="flip", human_agreement=target))
+    rows = task.rows()
+    assert task.temperature is None
+    d = np.array([r["gold_a"] - r["gold_b"] for r in rows])
+    agree = ((d > 0) & (np.array([r["human_label"] for r in rows]) == "a")) | \
+        ((d < 0) & (np.array([r["human_label"] for r in rows]) == "b"))
+    clear, close = np.abs(d) >= np.quantile(np.abs(d), 0.75), np.abs(d) <= np.quantile(np.abs(d), 0.25)
+    tol = 4 * np.sqrt(target * (1 - target) / clear.sum())
+    # unlike Bradley–Terry labels, clear pairs are mislabeled as often as close ones
+    assert abs(agree[clear & (d != 0)].mean() - target) < tol and abs(agree[close & (d != 0)].mean() - target) < tol
+    assert abs(label_statistics(rows)["human_gold_agreement"] - target) < 4 * np.sqrt(target * (1 - target) / len(rows))
+    bt = SyntheticTask(SyntheticTaskConfig(num_pairs=8000, seed=3, human_agreement=target)).rows()
+    assert [(r["response_a"], r["response_b"]) for r in bt] == [(r["response_a"], r["response_b"]) for r in rows]
+
+
 def test_noise_settings_are_exclusive():
     from cwpo_ray.config import ConfigError, build_config
 
@@ -72,6 +89,8 @@ def test_noise_settings_are_exclusive():
     assert build_config(SyntheticTaskConfig, {"label_temperature": 1.0, "human_agreement": None}).label_temperature == 1.0
     with pytest.raises(ConfigError, match="human_agreement"):
         build_config(SyntheticTaskConfig, {"human_agreement": 0.4})
+    with pytest.raises(ConfigError, match="label_temperature"):  # flip noise has no temperature
+        build_config(SyntheticTaskConfig, {"label_noise": "flip", "label_temperature": 1.0, "human_agreement": None})
 
 
 def test_pretraining_text_has_no_rewards_or_labels():

@@ -59,7 +59,7 @@ def build_synthetic(cfg: SyntheticConfig) -> SynthesizeResult:
     paths = {"data": io.join(out, "pairs.jsonl"), "gold": io.join(out, "gold.jsonl"), "tokenizer": io.join(out, "tokenizer"),
              "weak_base": io.join(out, "weak_base"), "student_base": io.join(out, "student_base")}
     labels = {**label_statistics(rows), "label_temperature": task.temperature,
-              "target_agreement": cfg.task.human_agreement}
+              "target_agreement": cfg.task.human_agreement, "label_noise": cfg.task.label_noise}
     summary = SynthesizeResult(config=cfg.model_dump(mode="json"), paths=paths, labels=labels, pretrain=pretrain)
     write_result(out, summary, "manifest.json")
     return summary
@@ -68,8 +68,10 @@ def build_synthetic(cfg: SyntheticConfig) -> SynthesizeResult:
 def format_synthesize(s: SynthesizeResult) -> str:
     lab = s.labels
     target = f" (target {lab.target_agreement:.2f})" if lab.target_agreement else ""
+    noise = f"BT temperature {lab.label_temperature:.3g}" if lab.label_noise == "bradley_terry" else \
+        "flip noise (independent of the gold margin)"
     lines = [f"synthesize: {lab.pairs} pairs; human labels agree with the gold ordering on "
-             f"{lab.human_gold_agreement:.3f}{target}, BT temperature {lab.label_temperature:.3g}"]
+             f"{lab.human_gold_agreement:.3f}{target}, {noise}"]
     for name, st in s.pretrain.items():
         if st:
             lines.append(f"  {name}: {st.parameters / 1e6:.2f}M params pretrained on {st.texts} texts, "

@@ -40,11 +40,20 @@ By default T is not set by hand but solved for so that the labels agree with the
 ``human_agreement`` (0.70) of the pool's pairs in expectation — real preference data is that noisy
 (the paper's weak annotators reach only 60–68% against held-out human labels). Noise is larger on
 close pairs, as with real annotators. ``synthesize`` reports the measured agreement.
+
+Bradley–Terry labels are exactly the model DPO assumes, with the gold reward as the utility: DPO on them
+is a correctly specified estimator of r*, and a weak annotator trained on 30% of the same labels can only
+approximate what the other 70% already say. Real labels are also wrong in ways the margin does not explain
+(attention lapses, annotators who disagree with the consensus the gold reward model learned), which is
+where a smooth annotator's confident labels can be cleaner than the human ones. ``label_noise: flip``
+models that: each label is the gold ordering, flipped with probability 1 − ``human_agreement`` whatever the
+margin (a gold tie is a coin flip), so clear pairs are mislabeled as often as close ones.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -105,15 +114,22 @@ def _check_agreement_or_temperature(cfg) -> None:
 class SyntheticTaskConfig(StrictModel):
     num_pairs: int = Field(default=4000, gt=0)
     seed: int = 0
-    # Label noise: the BT temperature T of the simulated human labels is solved for so that the expected
-    # share of labels agreeing with the gold ordering is `human_agreement` (0.5 < a < 1) ...
+    # How the simulated human labels are noisy (see the module docstring):
+    # - bradley_terry: P(a > b) = σ(Δr*/T); close pairs are mislabeled often, clear ones rarely;
+    # - flip: the gold ordering, flipped with probability 1 − human_agreement whatever the margin.
+    label_noise: Literal["bradley_terry", "flip"] = "bradley_terry"
+    # The expected share of labels agreeing with the gold ordering (0.5 < a < 1): bradley_terry solves T for
+    # it, flip keeps each gold ordering with this probability ...
     human_agreement: float | None = Field(default=0.70, gt=0.5, lt=1.0)
-    # ... or set by hand (0 = noiseless labels); then human_agreement must be null.
+    # ... or bradley_terry's T set by hand (0 = noiseless labels); then human_agreement must be null.
     label_temperature: float | None = Field(default=None, ge=0.0)
 
     @model_validator(mode="after")
     def _one_noise_setting(self):
         _check_agreement_or_temperature(self)
+        if self.label_noise == "flip" and self.label_temperature is not None:
+            raise ValueError("label_temperature is a Bradley–Terry temperature; label_noise=flip takes "
+                             "human_agreement (the share of labels kept) and needs label_temperature null")
         return self
 
 
@@ -223,6 +239,11 @@ class SyntheticTask:
         return " " + " ".join(words)
 
     def human_label(self, r_a: float, r_b: float, rng: np.random.Generator) -> str:
+        if self.cfg.label_noise == "flip":  # one draw per pair: the gold ordering (a tie: a coin) kept or flipped
+            u = rng.random()
+            gold_a = r_a > r_b if r_a != r_b else u < 0.5
+            keep = u < self.cfg.human_agreement if r_a != r_b else True
+            return "a" if gold_a == keep else "b"
         t = self.temperature
         if t is None:
             raise RuntimeError("the label temperature is solved for in rows(); call rows() first")
@@ -243,7 +264,7 @@ class SyntheticTask:
                 b = self.sample_response(p, rng)
             out.append({"prompt": p.text, "response_a": a, "response_b": b,
                         "gold_a": gold_reward(p, a), "gold_b": gold_reward(p, b)})
-        if self.cfg.human_agreement is not None:
+        if self.cfg.human_agreement is not None and self.cfg.label_noise == "bradley_terry":
             diffs = np.array([r["gold_a"] - r["gold_b"] for r in out])
             self.temperature = temperature_for_agreement(diffs, self.cfg.human_agreement)
         label_rng = np.random.default_rng([self.cfg.seed, 1])  # labels drawn after T is known
