@@ -21,7 +21,7 @@ torch threads to the whole machine), so one process at a time is faster.
 
 Protocol (Afzali, Brbic, Jeon, ICLR 2026; their Appendix G where it applies to tiny models):
 - Base: the demo config (task, tiny pretrained backbones, annotator, SFT and align recipe) as it was when the
-  first trials were recorded, frozen in ``jobs/configs/miniature_base.yaml`` so that the demo can change
+  first trials were recorded, frozen in ``jobs/configs/pipeline.miniature_base.yaml`` so that the demo can change
   while the reproduction still resumes; with the paper's student initialisation (``sft_data:
   method_labels``: SFT on (x, y+) of D_unlabeled by the labels the method uses; each method is regularised
   towards and compared with its own SFT model) and a test split of >= 400 prompts (``prepare.test_fraction``).
@@ -55,7 +55,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The demo config frozen when the ledger's first trials ran (every trial of the reproduction must share it).
-BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "miniature_base.yaml"
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "pipeline.miniature_base.yaml"
 GRID = {"align.beta": [0.35, 0.5]}  # shared by every method; lr / epochs: the demo's (chosen on validation)
 FRACTIONS = [0.1, 0.2, 0.3, 0.4, 0.5]
 UNLABELED_FIXED = 0.5

@@ -47,12 +47,15 @@ def main():
     ap.add_argument("--run-dir", default="runs/gate")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--gate-method", default="human-dpo")
+    ap.add_argument("--verbose", action="store_true", help="library logs on the console (default: {run-dir}/logs)")
     args = ap.parse_args()
 
+    from cwpo_ray import console
     from cwpo_ray.config import load_config
     from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig, run_pipeline
 
     run_dir = Path(args.run_dir).resolve()
+    console.setup(run_dir / "logs", verbose=args.verbose)  # like `cwpo`: stage summaries here, library logs in files
     per_seed = {}
     for seed in args.seeds:
         t0 = time.time()

@@ -19,7 +19,8 @@ Prints and writes a table (markdown + json) after every point; copy the selectio
         --grid align.lr=2e-4,5e-5,1e-4 align.beta=0.25 [key=value ...]
 
 Using the gate's run folder lets ``jobs/sandbox_gate.py`` reuse the last point's models. Extra
-``key=value`` arguments override the demo config for every point.
+``key=value`` arguments, given before the options, override the demo config for every point
+(``python jobs/select_demo_recipe.py synthetic.task.label_noise=flip --seeds 0 --points ...``).
 """
 from __future__ import annotations
 
@@ -45,9 +46,12 @@ def main():
     ap.add_argument("--points", nargs="+", default=[], help="single points besides the grid: key=v,key=v")
     ap.add_argument("--gate-method", default="human-dpo")
     ap.add_argument("--out", default=None, help="results folder (default: {run-dir}/selection)")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--verbose", action="store_true", help="library logs on the console (default: {run-dir}/logs)")
+    ap.add_argument("overrides", nargs="*", help="key=value for every point (before the options: --points and "
+                    "--grid take every word after them)")
     args = ap.parse_args()
 
+    from cwpo_ray import console
     from cwpo_ray.config import load_config
     from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig, run_pipeline
 
@@ -59,8 +63,13 @@ def main():
     points += [dict(kv.split("=", 1) for kv in p.split(",")) for p in args.points]
     if not points:
         ap.error("give --grid and/or --points")
+    for k in {k for p in points for k in p}:  # e.g. an override written after --points would become a point
+        if not k.startswith("align."):
+            ap.error(f"--grid/--points: {k} is not an align field (the grid is over the align recipe; put "
+                     "overrides of other fields before the options)")
     keys = list(dict.fromkeys(k for p in points for k in p))
     run = Path(args.run_dir).resolve()
+    console.setup(run / "logs", verbose=args.verbose)  # like `cwpo`: stage summaries here, library logs in files
     out = Path(args.out or run / "selection")
     out.mkdir(parents=True, exist_ok=True)
     # Cumulative: rows measured by an earlier invocation (same run folder) are kept and not re-run.
