@@ -239,11 +239,11 @@ class SyntheticTask:
         return " " + " ".join(words)
 
     def human_label(self, r_a: float, r_b: float, rng: np.random.Generator) -> str:
-        if self.cfg.label_noise == "flip":  # one draw per pair: the gold ordering (a tie: a coin) kept or flipped
+        if self.cfg.label_noise == "flip":  # one draw per pair: a gold tie is a coin, else the gold order kept or flipped
             u = rng.random()
-            gold_a = r_a > r_b if r_a != r_b else u < 0.5
-            keep = u < self.cfg.human_agreement if r_a != r_b else True
-            return "a" if gold_a == keep else "b"
+            if r_a == r_b:
+                return "a" if u < 0.5 else "b"
+            return "a" if (r_a > r_b) == (u < self.cfg.human_agreement) else "b"
         t = self.temperature
         if t is None:
             raise RuntimeError("the label temperature is solved for in rows(); call rows() first")
