@@ -55,8 +55,8 @@ def stage_key(stage: str, config: Any, inputs: dict[str, str]) -> str:
 
 
 class Manifest:
-    def __init__(self, run_dir: str | Path):
-        self.path = io.join(io.absolute(str(run_dir)), "manifest.json")
+    def __init__(self, run_dir: str | Path, name: str = "manifest.json"):
+        self.path = io.join(io.absolute(str(run_dir)), name)
         self.data: dict[str, dict] = json.loads(io.read_text(self.path)) if io.exists(self.path) else {}
 
     def save(self) -> None:

@@ -3,7 +3,9 @@
 Every stage writes into one run directory and is recorded in ``{run_dir}/manifest.json`` with a key
 over its config and the content fingerprints of its inputs (see :mod:`cwpo_ray.manifest`): re-running
 skips finished stages, so an interrupted pipeline resumes where it stopped, and changing a setting
-re-runs exactly the stages downstream of it.
+re-runs exactly the stages downstream of it. One exception: a synthetic task written outside the run
+directory (``synthetic.output_dir``, e.g. one task shared by a sweep's upstream points) is recorded beside
+it in ``{output_dir}.manifest.json``, so every run that names it builds it once.
 
 ``cwpo demo`` is this pipeline with ``cwpo_ray/configs/demo.yaml`` as its base config: the embedded
 synthetic task, tiny models, hyperparameters scaled for them.
@@ -142,6 +144,12 @@ class PipelineConfig(StrictModel):
         return self
 
 
+def _inside(uri: str, folder: str) -> bool:
+    """Whether ``uri`` is ``folder`` or lies under it."""
+    a, f = io.absolute(uri), io.absolute(folder).rstrip("/")
+    return a == f or a.startswith(f + "/")
+
+
 def _fill(cfg: StrictModel, section: str, owned: dict | None = None, **paths) -> StrictModel:
     """A validated copy of a stage config with the pipeline's ``owned`` fields set and the ``paths``
     the user left unset filled in."""
@@ -178,7 +186,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
     io.check_storage(run.root, "run_dir")  # before any compute: a missing bucket, refused credentials
     io.makedirs(run.root)
     io.write_text(run.config, dump_config(cfg))
-    m = Manifest(run.root)
+    run_manifest = Manifest(run.root)
     fps: dict[str, str] = {}
     stages: dict[str, StageRun] = {}
     t_start = time.time()
@@ -190,11 +198,13 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         return {"tracking": cfg.tracking.model_copy(update={"run_name": f"{cfg.tracking.run_name or run.name}/{name}"})}
 
     def stage(name: str, cls: type[R], stage_cfg, inputs: dict[str, str], output: str, fn: Callable[[], R],
-              fmt: Callable[[R], str] | None = None, artifacts=None, full_summary: bool = False) -> R:
-        """Run ``fn`` (a stage returning a ``cls``) unless the manifest has it done. The manifest keeps the
-        result's JSON dump; a skipped stage returns it as a ``cls`` again, and one whose recorded summary
-        is no ``cls`` runs again. A quiet console shows the first line of ``fmt(result)`` (all of it with
-        ``full_summary``); the log file has every line."""
+              fmt: Callable[[R], str] | None = None, artifacts=None, full_summary: bool = False,
+              manifest: Manifest | None = None) -> R:
+        """Run ``fn`` (a stage returning a ``cls``) unless the manifest (the run's, or ``manifest``) has it
+        done. The manifest keeps the result's JSON dump; a skipped stage returns it as a ``cls`` again, and
+        one whose recorded summary is no ``cls`` runs again. A quiet console shows the first line of
+        ``fmt(result)`` (all of it with ``full_summary``); the log file has every line."""
+        m = manifest or run_manifest
         t = time.time()
         console.route_library_logs()  # libraries imported by the previous stage
         if not console.quiet():
@@ -240,8 +250,18 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
         syn = _fill(cfg.synthetic, "synthetic", output_dir=run.synthetic)
-        syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
-                          format_synthesize).paths
+        if _inside(syn.output_dir, run.root):
+            syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
+                              format_synthesize).paths
+        else:  # a task shared by several runs (e.g. a sweep's upstream points of one seed): recorded beside it,
+            # ``{output_dir}.manifest.json``, and built under a lock, so that the first run builds it and the
+            # others skip it
+            from filelock import FileLock
+
+            where, folder = io.parent(syn.output_dir), posixpath.basename(io.absolute(syn.output_dir))
+            with FileLock(io.lock_file(where)):
+                syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
+                                  format_synthesize, manifest=Manifest(where, f"{folder}.manifest.json")).paths
 
     # 2. prepare ------------------------------------------------------------------------------------
     from cwpo_ray.prepare.stage import format_summary, run_prepare

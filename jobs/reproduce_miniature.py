@@ -37,6 +37,8 @@ Protocol (Afzali, Brbic, Jeon, ICLR 2026; their Appendix G where it applies to t
   0.5: the same half of the training prompts at every fraction), labeled fraction 0.1 ... 0.5; CW-DPO,
   WS-DPO and DPO on D_labeled at the points Part A selected for them (not re-selected per fraction), on
   test. Human-100 (all training prompts, human labels) is the same data at every fraction: Part A's row.
+  Run as one sweep over ``prepare.labeled_fraction`` (``{run-dir}/curve``): per seed, the synthetic task is
+  built once and shared by the five fractions (:func:`~cwpo_ray.sweep.tune.trial_configs`).
 - Statistics: GRA per method = mean over seeds of the share of (prompt, sample) comparisons its response
   wins against its reference's (4 samples per prompt); CIs are two-level bootstraps over seeds x prompts;
   a difference between two methods is paired per prompt (:mod:`cwpo_ray.evaluate.compare`) and its
@@ -103,10 +105,16 @@ def sweep_config(run: Path, seeds: list[int], grid: dict, pipeline: dict | None 
         "space": space or grid, "methods": methods or list(METHODS), "seeds": seeds, "final_test": True})
 
 
-def curve_config(run: Path, seeds: list[int], grid: dict, fraction: float):
-    return sweep_config(run / "curve" / f"labeled_{fraction}", seeds, grid,
-                        {"prepare": {"labeled_fraction": fraction, "unlabeled_fraction": UNLABELED_FIXED}},
-                        methods=CURVE_METHODS)
+def curve_config(run: Path, seeds: list[int], grid: dict):
+    """Part B as one sweep over the labeled fraction (an upstream key: one prepare, annotator, annotate and SFT
+    per fraction and seed; the synthetic task once per seed, shared by the fractions)."""
+    return sweep_config(run / "curve", seeds, grid, {"prepare": {"unlabeled_fraction": UNLABELED_FIXED}},
+                        methods=CURVE_METHODS, space={"prepare.labeled_fraction": FRACTIONS, **grid})
+
+
+def curve_point(point: dict, fraction: float) -> dict:
+    """A Part A point (the one selected for a method) at one labeled fraction."""
+    return {**point, "prepare.labeled_fraction": fraction}
 
 
 # ---------------------------------------------------------------------------------------------- ledger
@@ -255,13 +263,13 @@ def run_all(ledger: Ledger, run: Path, seeds: list[int], grid: dict, deadline: f
     selected = selection(ledger, a, grid, seeds, METHODS)
     (ledger.root / "table").mkdir(parents=True, exist_ok=True)
     (ledger.root / "table" / "selected.json").write_text(json.dumps(selected, indent=2))
+    c = curve_config(run, seeds, grid)
     for seed in seeds:
         for f in FRACTIONS:
-            c = curve_config(run, seeds, grid, f)
             for method in CURVE_METHODS:
                 if time.time() > deadline:
                     return False
-                run_trial(ledger, c, selected[method]["point"], seed, method, splits=("test",))
+                run_trial(ledger, c, curve_point(selected[method]["point"], f), seed, method, splits=("test",))
     return True
 
 
@@ -318,14 +326,15 @@ def collect(ledger: Ledger, run: Path, seeds: list[int], grid: dict) -> dict:
         p = ledger.root / "table" / "shared" / f"seed{seed}" / slug(up) / "label_stats.json"
         labels.append(read_result(LabelReport, p).model_dump() if p.exists() else None)
     curve: dict = {}
+    cfg = curve_config(run, seeds, grid)
     for f in FRACTIONS:
-        cfg = curve_config(run, seeds, grid, f)
         for method in CURVE_METHODS:
             if method not in selected:
                 continue
-            ok = [s for s in done if ledger.has(trial_configs(cfg, selected[method]["point"], s, method, split="test")[1])]
+            point = curve_point(selected[method]["point"], f)
+            ok = [s for s in done if ledger.has(trial_configs(cfg, point, s, method, split="test")[1])]
             if ok:
-                rows = method_tables(ledger, cfg, method, selected[method]["point"], ok)
+                rows = method_tables(ledger, cfg, method, point, ok)
                 curve.setdefault(str(f), {})[method] = [win_shares(t, method, ref) for t, ref, _ in rows]
     return {"seeds": done, "grid": grid, "sweep": {"selected": selected}, "shares": shares,
             "shares_vs_common": common, "reference": own_ref, "length_limit_rise": limit, "labels": labels,
@@ -552,10 +561,10 @@ def main():
         for p in points(grid):
             for m in METHODS:
                 trial_configs(a, p, args.seeds[0], m)
+        c = curve_config(run, args.seeds, grid)
         for f in FRACTIONS:
-            c = curve_config(run, args.seeds, grid, f)
             for m in CURVE_METHODS:
-                trial_configs(c, points(grid)[0], args.seeds[0], m, split="test")
+                trial_configs(c, curve_point(points(grid)[0], f), args.seeds[0], m, split="test")
         n_a = len(points(grid)) * len(METHODS) * len(args.seeds)
         print(f"plan: part A {n_a} trials (each evaluated on validation and test); part B "
               f"{len(FRACTIONS) * len(CURVE_METHODS) * len(args.seeds)} aligned students on test; grid {json.dumps(grid)}")

@@ -32,10 +32,16 @@ def test_plan_validates_every_config(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"part A {2 * len(job.METHODS) * 2} trials (each evaluated on validation and test)" in out
     assert "Part A 0/" in out  # nothing recorded in this ledger yet
-    cfg = job.curve_config(tmp_path, [0], job.GRID, 0.2)
+    from cwpo_ray.sweep.tune import trial_configs
+
+    cfg = job.curve_config(tmp_path, [0], job.GRID)
     base = cfg.pipeline
-    assert base["prepare"] == {"test_fraction": job.TEST_FRACTION, "labeled_fraction": 0.2, "unlabeled_fraction": 0.5}
+    assert base["prepare"] == {"test_fraction": job.TEST_FRACTION, "unlabeled_fraction": 0.5}
     assert base["sft_data"] == "method_labels" and cfg.methods == job.CURVE_METHODS
+    shared = {f: trial_configs(cfg, job.curve_point({"align.beta": 0.5}, f), 3, "cw-dpo", split="test")[0] for f in job.FRACTIONS}
+    assert [c.prepare.labeled_fraction for c in shared.values()] == job.FRACTIONS
+    assert {c.prepare.unlabeled_fraction for c in shared.values()} == {0.5}
+    assert {c.synthetic.output_dir for c in shared.values()} == {str(tmp_path / "curve" / "shared" / "seed3" / "synthetic")}
 
 
 def test_report_has_every_part_and_paired_verdicts(tmp_path):

@@ -8,7 +8,16 @@ import pytest
 from cwpo_ray.config import ConfigError, build_config
 from cwpo_ray.results import SweepResult, SweepRow, SweepSelection, read_result
 from cwpo_ray.sweep.config import SweepConfig
-from cwpo_ray.sweep.tune import base_pipeline, grid, run_sweep, seed_overrides, select_per_method, slug, write_results
+from cwpo_ray.sweep.tune import (
+    base_pipeline,
+    grid,
+    run_sweep,
+    seed_overrides,
+    select_per_method,
+    slug,
+    trial_configs,
+    write_results,
+)
 
 
 def test_grid_slug_and_seed_fields():
@@ -35,6 +44,45 @@ def test_bad_sweep_config_fails_fast(tmp_path):
         run_sweep(build_config(SweepConfig, {"pipeline": {"evaluate": {"prompts_path": "x"}}, "output_dir": str(tmp_path)}))
     with pytest.raises(ConfigError, match="align.beta"):  # a value of the space is validated like user input
         run_sweep(build_config(SweepConfig, {"space": {"align.beta": [0.5, -1]}, "output_dir": str(tmp_path)}))
+
+
+def test_upstream_points_of_a_seed_share_one_synthetic_task(tmp_path):
+    """The task depends on the seed and synthetic.* only: a sweep over prepare.labeled_fraction builds it once
+    per seed (the pipeline records a task outside its run folder beside the task, see test_pipeline)."""
+    cfg = build_config(SweepConfig, {"output_dir": str(tmp_path), "pipeline_config": "demo", "methods": ["cw-dpo"],
+                                     "seeds": [0, 1], "space": {"prepare.labeled_fraction": [0.1, 0.3],
+                                                                                        "synthetic.task.num_pairs": [800, 1600]}})
+    shared = {(f, n, s): trial_configs(cfg, {"prepare.labeled_fraction": f, "synthetic.task.num_pairs": n}, s, "cw-dpo")[0]
+              for f in (0.1, 0.3) for n in (800, 1600) for s in (0, 1)}
+    syn = {k: c.synthetic.output_dir for k, c in shared.items()}
+    assert syn[(0.1, 800, 0)] == syn[(0.3, 800, 0)] == str(tmp_path / "shared" / "seed0" / "synthetic_synthetic.task.num_pairs=800")
+    assert len(set(syn.values())) == 4  # (num_pairs, seed)
+    assert len({c.run_dir for c in shared.values()}) == 8  # prepare, annotator, sft: one per (point, seed)
+    assert shared[(0.3, 1600, 1)].synthetic.task.num_pairs == 1600 and shared[(0.3, 1600, 1)].synthetic.task.seed == 1
+    plain = build_config(SweepConfig, {"output_dir": str(tmp_path), "pipeline_config": "demo", "space": {"prepare.labeled_fraction": [0.1, 0.3]}})
+    assert trial_configs(plain, {"prepare.labeled_fraction": 0.1}, 0, "cw-dpo")[0].synthetic.output_dir == \
+        str(tmp_path / "shared" / "seed0" / "synthetic")
+
+
+@pytest.mark.timeout(600)
+def test_a_task_outside_the_run_folder_is_built_once_for_every_run_naming_it(tmp_path, ray_session):
+    from cwpo_ray.config import load_config
+    from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig, run_pipeline
+
+    task = tmp_path / "shared" / "synthetic"
+    common = ["synthetic.task.num_pairs=400", "synthetic.pretrain.num_texts=256", "synthetic.pretrain.epochs=1",
+              f"synthetic.output_dir={task}", "stages=[prepare]"]
+    runs = [run_pipeline(load_config(PipelineConfig, DEMO_CONFIG, [f"run_dir={tmp_path / r}", f"prepare.labeled_fraction={f}",
+                                                                   *common])) for r, f in (("a", 0.2), ("b", 0.4))]
+    assert [r.stages["synthesize"].skipped for r in runs] == [False, True]
+    assert "synthesize" in json.loads((tmp_path / "shared" / "synthetic.manifest.json").read_text())
+    a, b = (json.loads((tmp_path / r / "manifest.json").read_text()) for r in "ab")
+    assert "synthesize" not in a and a["prepare"]["inputs"] == b["prepare"]["inputs"]  # the same task's files
+    assert a["prepare"]["fingerprint"] != b["prepare"]["fingerprint"]  # split at 0.2 and 0.4
+    task_files = {p: p.stat().st_mtime_ns for p in task.rglob("*") if p.is_file()}
+    again = run_pipeline(load_config(PipelineConfig, DEMO_CONFIG, [f"run_dir={tmp_path / 'a'}", "prepare.labeled_fraction=0.2", *common]))
+    assert again.stages["synthesize"].skipped and again.stages["prepare"].skipped
+    assert {p: p.stat().st_mtime_ns for p in task.rglob("*") if p.is_file()} == task_files
 
 
 def row(point, seed, method, gra, status="ok"):

@@ -6,7 +6,9 @@ needs for one (grid point, seed, method) — the TorchTrainer inside `align` rep
 Run folders under ``output_dir`` (a local path or a URI: every location is a string joined with
 :func:`cwpo_ray.io.join`)::
 
-    shared/seed{S}/{upstream point}/      synthesize, prepare, train-annotator, annotate, sft (shared)
+    shared/seed{S}/synthetic/             the synthetic task, built once per seed (``synthetic_{point}/`` per
+                                          value of ``synthetic.*`` keys in the space) for every upstream point
+    shared/seed{S}/{upstream point}/      prepare, train-annotator, annotate, sft (shared)
     trials/seed{S}/{point}/{method}/      align/{method}/, eval_validation/, eval_test/ (selected points)
     tune/                                 Ray Tune's experiment state (RunConfig.storage_path)
     results.csv  results.md  gra_sweep.png  summary.json
@@ -88,17 +90,19 @@ def trial_configs(cfg: SweepConfig, point: dict, seed: int, method: str, split: 
     shared_run = RunLayout.of(io.join(out, "shared", f"seed{seed}", slug(up)))
     methods = cfg.methods or list(base.methods)
     upstream = [s for s in ("prepare", "train-annotator", "annotate", "sft") if s in base.stages]
+    task = []
+    if base.synthetic is not None:  # the task depends on the seed and synthetic.* only: one per (seed, its keys)
+        syn = {k: v for k, v in point.items() if k.split(".")[0] == "synthetic"}
+        task = [f"synthetic.output_dir={io.join(out, 'shared', f'seed{seed}', f'synthetic_{slug(syn)}' if syn else 'synthetic')}"]
     shared = build_config(PipelineConfig, {**data, "run_dir": str(shared_run.root), "stages": upstream,
-                                           "methods": {m: base.methods[m].model_dump() for m in methods}}, seeded)
+                                           "methods": {m: base.methods[m].model_dump() for m in methods}}, [*seeded, *task])
     tdir = io.join(out, "trials", f"seed{seed}", slug(point), method)
     own = {**data, "run_dir": tdir, "stages": ["align", "evaluate"],
            "methods": {method: base.methods[method].model_dump()}}
     paths = [f"prepare.output_dir={shared_run.data}", f"annotator.output_dir={shared_run.annotator}",
              f"annotate.output_dir={shared_run.annotated}", f"sft.output_dir={shared_run.sft}",
              f"evaluate.prompts_path={shared_run.data}/{split}", f"evaluate.output_dir={io.join(tdir, f'eval_{split}')}"]
-    if base.synthetic is not None:
-        paths.append(f"synthetic.output_dir={shared_run.synthetic}")
-    return shared, build_config(PipelineConfig, own, [*seeded, *paths])
+    return shared, build_config(PipelineConfig, own, [*seeded, *task, *paths])
 
 
 def run_trial(params: dict, sweep: dict) -> dict:
