@@ -12,6 +12,7 @@ synthetic task, tiny models, hyperparameters scaled for them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
 
+from filelock import FileLock
 from pydantic import Field, ValidationError, model_validator
 
 from cwpo_ray import console, io
@@ -250,18 +252,15 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         from cwpo_ray.synthetic.build import build_synthetic, format_synthesize
 
         syn = _fill(cfg.synthetic, "synthetic", output_dir=run.synthetic)
-        if _inside(syn.output_dir, run.root):
+        # A task outside the run folder may be shared by several runs (e.g. a sweep's upstream points of one
+        # seed): it is recorded beside it, ``{output_dir}.manifest.json``, and built under a lock, so that the
+        # first run builds it and the others skip it.
+        shared_task = not _inside(syn.output_dir, run.root)
+        where = io.parent(syn.output_dir)
+        with FileLock(io.lock_file(where)) if shared_task else contextlib.nullcontext():
+            own = Manifest(where, f"{posixpath.basename(io.absolute(syn.output_dir))}.manifest.json") if shared_task else None
             syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
-                              format_synthesize).paths
-        else:  # a task shared by several runs (e.g. a sweep's upstream points of one seed): recorded beside it,
-            # ``{output_dir}.manifest.json``, and built under a lock, so that the first run builds it and the
-            # others skip it
-            from filelock import FileLock
-
-            where, folder = io.parent(syn.output_dir), posixpath.basename(io.absolute(syn.output_dir))
-            with FileLock(io.lock_file(where)):
-                syn_paths = stage("synthesize", SynthesizeResult, syn, {}, syn.output_dir, lambda: build_synthetic(syn),
-                                  format_synthesize, manifest=Manifest(where, f"{folder}.manifest.json")).paths
+                              format_synthesize, manifest=own).paths
 
     # 2. prepare ------------------------------------------------------------------------------------
     from cwpo_ray.prepare.stage import format_summary, run_prepare
