@@ -184,39 +184,43 @@ def bar(**kwargs):
 
 
 @contextmanager
-def metrics_bar(metrics_path: str, desc: str, unit: str = "step", loss_key: str = "loss", poll_s: float = 0.5):
+def metrics_bar(metrics_path: str | list[str], desc: str, unit: str = "step", loss_key: str = "loss", poll_s: float = 0.5):
     """A bar of optimizer steps that follows a training run's ``metrics.jsonl`` (written on the Ray
-    Train controller as workers report), with the last loss; for the length of the ``with`` block."""
-    if "://" in metrics_path or not sys.stderr.isatty():
+    Train controller as workers report), with the last loss; for the length of the ``with`` block. Several
+    paths (the runs of one training job, trained one after the other): one bar over all their steps."""
+    paths = [metrics_path] if isinstance(metrics_path, str) else list(metrics_path)
+    if any("://" in p for p in paths) or not sys.stderr.isatty():
         yield None
         return
     pbar = bar(desc=desc, unit=unit)
     stop = threading.Event()
 
     def follow():
-        pos = 0
+        pos, steps, totals = [0] * len(paths), [0] * len(paths), [0] * len(paths)
         while not stop.wait(poll_s):
-            try:
-                with open(metrics_path) as f:
-                    f.seek(pos)
-                    chunk = f.read()
-            except OSError:
-                continue
-            # complete lines only; a partly written row is read again next time
-            done = chunk[:chunk.rfind("\n") + 1]
-            pos += len(done)
-            for line in done.splitlines():
+            for i, path in enumerate(paths):
                 try:
-                    row = json.loads(line)
-                except ValueError:
+                    with open(path) as f:
+                        f.seek(pos[i])
+                        chunk = f.read()
+                except OSError:
                     continue
-                if "total_steps" in row and pbar.total != row["total_steps"]:
-                    pbar.total = row["total_steps"]
-                if "step" in row:
-                    pbar.n = int(row["step"])
-                if loss_key in row:
-                    pbar.set_postfix({loss_key: f"{row[loss_key]:.4f}"}, refresh=False)
-                pbar.refresh()
+                # complete lines only; a partly written row is read again next time
+                done = chunk[:chunk.rfind("\n") + 1]
+                pos[i] += len(done)
+                for line in done.splitlines():
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    totals[i] = int(row.get("total_steps", totals[i]))
+                    steps[i] = int(row.get("step", steps[i]))
+                    if loss_key in row:
+                        pbar.set_postfix({loss_key: f"{row[loss_key]:.4f}"}, refresh=False)
+            if any(totals) and pbar.total != sum(totals):
+                pbar.total = sum(totals)
+            pbar.n = sum(steps)
+            pbar.refresh()
 
     t = threading.Thread(target=follow, daemon=True)
     t.start()

@@ -77,6 +77,10 @@ class Manifest:
         except FileNotFoundError:
             return False
 
+    def is_current(self, stage: str, config: Any, inputs: dict[str, str], artifacts: list) -> bool:
+        """Whether :meth:`run` would skip this stage (same config and inputs, products unchanged)."""
+        return self.is_done(stage, stage_key(stage, config, inputs), artifacts)
+
     def run(self, stage: str, config: Any, inputs: dict[str, str], output: str | Path,
             fn: Callable[[], Any], artifacts: list | None = None) -> tuple[str, Any, bool]:
         """Run ``fn`` unless already done; returns (output fingerprint, fn's result or the stored

@@ -18,7 +18,7 @@ import posixpath
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from filelock import FileLock
 from pydantic import Field, ValidationError, model_validator
@@ -226,7 +226,9 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
             fp, _, skipped = m.run(name, config, inputs, output, run_fn, artifacts)
             result = made[-1]
         fps[name] = fp
-        stages[name] = StageRun(skipped=skipped, seconds=round(time.time() - t, 1), output=str(output))
+        work, work_s = (None, None) if skipped else stage_work(result)
+        stages[name] = StageRun(skipped=skipped, seconds=round(time.time() - t, 1), output=str(output), work=work,
+                                work_seconds=work_s)
         took = f"[{name}: {time.time() - t:.1f}s, pipeline {time.time() - t_start:.0f}s]"
         if skipped:
             print(f"{name}: up to date, skipped ({output})", flush=True)
@@ -243,6 +245,32 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         if not console.quiet():
             print(took, flush=True)
         return result
+
+    def one_job(cls: type[R], runs: dict[str, tuple[Any, dict[str, str], str]], run_many, fmt, callbacks=None) -> dict[str, R]:
+        """Training stages ``name -> (config, inputs, model folder)`` of one kind: those not up to date train in
+        ONE Ray Train job where their configs allow (``run_many``: one worker group, its processes and imports
+        paid once, instead of one per stage); each is recorded as a stage of its own. In the stage table the
+        job's time and steps show under its first stage."""
+        pending = [n for n, (c, inputs, model) in runs.items()
+                   if not run_manifest.is_current(n, c.model_dump(mode="json", exclude={"tracking"}), inputs, [model])]
+        trained: dict[str, R] = {}
+
+        def train(name: str) -> R:
+            if name not in trained:  # this stage and the other pending ones
+                todo = [n for n in runs if n == name or (n in pending and n not in trained)]
+                trained.update(run_many({n: runs[n][0] for n in todo}, callbacks=callbacks))
+            return trained[name]
+
+        out = {name: stage(name, cls, c, inputs, c.output_dir, lambda name=name: train(name), fmt, [model])
+               for name, (c, inputs, model) in runs.items()}
+        shared = [n for n, r in trained.items() if r.job_runs > 1]
+        if shared:
+            steps = [stage_work(trained[n])[1] for n in shared]
+            stages[shared[0]] = stages[shared[0]].model_copy(update={
+                "work": f"training steps of {len(shared)} runs in one job", "work_seconds": None if None in steps else sum(steps)})
+            for n in shared[1:]:
+                stages[n] = stages[n].model_copy(update={"work": f"trained in {shared[0]}'s job", "work_seconds": None})
+        return out
 
     # 1. synthesize (embedded task) -------------------------------------------------------------
     syn_paths: SyntheticPaths | None = None
@@ -301,15 +329,13 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         print(format_label_report(labels), flush=True)
 
     # 5. sft: the student on (prompt, human-chosen) of the labeled fraction ----------------------------
-    from cwpo_ray.student.sft import format_sft, run_sft
+    from cwpo_ray.student.sft import format_sft, run_sft_many
 
     sft_owned = {**ray_only, **({"data_format": "pairs"} if cfg.sft.data_dir is None else {})}
     sft = _fill(cfg.sft, "sft", {**sft_owned, **tracked("sft")}, model=syn_paths.student_base if syn_paths else None,
                 data_dir=io.join(data, "labeled"), output_dir=run.sft)
     sft_model = RunLayout.model(sft.output_dir)
-    if "sft" in cfg.stages:
-        stage("sft", SFTResult, sft, {"data": fps.get("prepare", "")}, sft.output_dir, lambda: run_sft(sft), format_sft,
-              [sft_model])
+    sft_runs = {"sft": (sft, {"data": fps.get("prepare", "")}, sft_model)}
 
     # 5a. sft per label source (sft_data=method_labels, the paper's): (prompt, chosen) of each method's own
     # alignment data, after annotate (weak labels) -----------------------------------------------------------
@@ -331,9 +357,9 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
                                                      "output_dir": RunLayout.sft_for_in(sft.output_dir, source)},
                           model=syn_paths.student_base if syn_paths else None)
             init[source] = (RunLayout.model(s_cfg.output_dir), f"sft/{source}")
-            if "sft" in cfg.stages:
-                stage(f"sft/{source}", SFTResult, s_cfg, {"data": fp_in}, s_cfg.output_dir,
-                      lambda s_cfg=s_cfg: run_sft(s_cfg), format_sft, [init[source][0]])
+            sft_runs[f"sft/{source}"] = (s_cfg, {"data": fp_in}, init[source][0])
+    if "sft" in cfg.stages:  # the common SFT model and one per label source: one training job where they can share it
+        one_job(SFTResult, sft_runs, run_sft_many, format_sft)
 
     # 5b. generate (optional): candidate pairs from the SFT student for unlabeled prompts ------------------
     if "generate" in cfg.stages:
@@ -344,10 +370,12 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         stage("generate", GenerateResult, gen, {"sft": fps.get("sft", ""), "data": fps.get("prepare", "")},
               gen.output_dir, lambda: run_generate(gen), format_generate, [io.join(gen.output_dir, "pairs")])
 
-    # 6. align: one student per method ----------------------------------------------------------------
-    from cwpo_ray.student.align import format_align, run_align
+    # 6. align: one student per method; the methods not up to date train in one Ray Train job where they can
+    # share it (run_align_many) -------------------------------------------------------------------------------
+    from cwpo_ray.student.align import format_align, run_align_many
 
     models: dict[str, str] = {}
+    align_runs: dict[str, tuple[AlignConfig, dict[str, str], str]] = {}
     for name, ms in cfg.methods.items():
         d, fmt, fp_in = label_data[ms.labels]
         al = _fill(cfg.align, f"methods.{name}", {
@@ -355,10 +383,9 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
             "weighting": ms.weighting, "top_fraction": ms.top_fraction, "beta": ms.beta or cfg.align.beta},
             model=init[ms.labels][0])
         models[name] = RunLayout.model(al.output_dir)
-        if "align" in cfg.stages:
-            stage(f"align/{name}", AlignResult, al, {"data": fp_in, "sft": fps.get(init[ms.labels][1], "")}, al.output_dir,
-                  lambda al=al: run_align(al, callbacks=train_callbacks),
-                  format_align, [models[name]])
+        align_runs[f"align/{name}"] = (al, {"data": fp_in, "sft": fps.get(init[ms.labels][1], "")}, models[name])
+    if "align" in cfg.stages:
+        one_job(AlignResult, align_runs, run_align_many, format_align, callbacks=train_callbacks)
 
     # 7. evaluate: GRA of every method against the SFT model ------------------------------------------
     from cwpo_ray.evaluate.stage import format_evaluate, run_evaluate
@@ -395,12 +422,31 @@ def format_gate(g: SanityGate) -> str:
     return f"preference optimization {verdict}: {g.method} GRA {g.gra:.3f} [{lo:.3f}, {hi:.3f}] vs its SFT model"
 
 
+def stage_work(result) -> tuple[str | None, float | None]:
+    """The part of a stage's wall time that is its own work, and what that is: the training workers' reference
+    pass and optimizer steps; evaluate's generation (engine time) and gold scoring. The rest of the stage's
+    time is fixed cost (worker and engine processes, imports, Ray set-up, data passes, saving). None where a
+    stage does not measure it."""
+    ws = getattr(result, "worker_seconds", None) or {}
+    if "train" in ws:
+        ref = ws.get("reference", 0.0)
+        return ("reference + training steps" if ref >= 0.05 else "training steps"), round(ws["train"] + ref, 1)
+    if isinstance(result, EvaluateResult):
+        gen = sum(g.seconds for g in result.generation.values() if g.cached_from is None)
+        return "generation + gold", round(gen + result.gold_seconds, 1)
+    return None, None
+
+
 def format_pipeline(out: PipelineResult) -> str:
     lines = [f"\npipeline finished in {out.seconds:.0f}s: {out.run_dir}"]
     if out.gate:
         lines.insert(0, "\n" + format_gate(out.gate))
     for name, s in out.stages.items():
         took = "skipped (up to date)" if s.skipped else f"{s.seconds:.1f}s"
+        if s.work_seconds is not None:
+            took = f"{took:<8} of which {s.work} {s.work_seconds:.1f}s"
+        elif s.work and not s.skipped:
+            took = f"{took:<8} {s.work}"
         lines.append(f"  {name:<22} {took}")
     if out.report:
         lines.append(f"report: {out.report}")

@@ -188,6 +188,9 @@ class TrainAnnotatorResult(StageResult):
     train_accuracy: float | None
     train_pairs_per_s: float | None
     train_seconds: float
+    # rank 0's wall seconds per phase of the training worker: process (start + imports), init, model, reference,
+    # optimizer, resume, train (the optimizer steps); {} in summaries of older versions
+    worker_seconds: dict[str, float] = Field(default_factory=dict)
     eval_seconds: float
     seconds: float
     checkpoint: str
@@ -238,6 +241,10 @@ class SFTResult(PairCounts):
     output_dir: str
     steps: int
     fit_seconds: float
+    # rank 0's wall seconds per phase of the training worker: process (start + imports), init, model, reference,
+    # optimizer, resume, train (the optimizer steps); {} in summaries of older versions
+    worker_seconds: dict[str, float] = Field(default_factory=dict)
+    job_runs: int = 1  # SFT runs trained in its Ray Train job (run_sft_many); fit_seconds is that job's
     seconds: float
     first_loss: float | None  # response NLL of the first / last logged step (None: none logged)
     last_loss: float | None
@@ -268,6 +275,10 @@ class AlignResult(PairCounts):
     num_workers: int
     steps: int
     fit_seconds: float
+    # rank 0's wall seconds per phase of the training worker: process (start + imports), init, model, reference,
+    # optimizer, resume, train (the optimizer steps); {} in summaries of older versions
+    worker_seconds: dict[str, float] = Field(default_factory=dict)
+    job_runs: int = 1  # align runs trained in its Ray Train job (run_align_many); fit_seconds is that job's
     seconds: float
     # first / last logged training step (None: none logged)
     first_loss: float | None
@@ -433,6 +444,10 @@ class StageRun(StageResult):
     skipped: bool  # up to date in the run manifest
     seconds: float
     output: str
+    # the part of ``seconds`` spent on the stage's own work (``work`` says which: e.g. the training workers'
+    # optimizer steps); the rest is fixed cost: processes, imports, Ray and engine start-up, data passes, saving
+    work: str | None = None
+    work_seconds: float | None = None
 
 
 class PipelineResult(StageResult):

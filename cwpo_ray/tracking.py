@@ -202,7 +202,8 @@ def follow_steps(tracker: Tracker | None, metrics_path: str, poll_s: float = 1.0
                 continue
             step = row.get("step")
             try:
-                tracker.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "time", "total_steps")},
+                tracker.log_metrics({f"train/{k}": v for k, v in row.items()
+                                     if k not in ("step", "time", "total_steps") and isinstance(v, (int, float))},
                                     step=int(step) if step is not None else None)
             except Exception as e:  # noqa: BLE001 - a tracking server hiccup must not stop training
                 log.warning("tracking: step %s not logged: %s: %s", step, type(e).__name__, e)

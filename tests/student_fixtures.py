@@ -6,7 +6,7 @@ import glob
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -55,9 +55,15 @@ class KillWorker:
     # Ray Train V2's controller registers a reported checkpoint when it next polls the workers
     # (every 2 s): a crash sooner than that after the report restarts from the checkpoint before it.
     delay_s: float = 4.0
+    # in a several-run job (fit_many) the worker process reaches ``step`` once per run: exit the n-th time
+    occurrence: int = 1
+    _seen: dict = field(default_factory=dict, compare=False, repr=False)  # per worker process
 
     def __call__(self, step: int, rank: int, resumed: bool) -> None:
         if not resumed and step == self.step and rank == self.rank:
+            self._seen[step] = self._seen.get(step, 0) + 1
+            if self._seen[step] != self.occurrence:
+                return
             print(f"KillWorker: rank {rank} exits after step {step} in {self.delay_s}s", flush=True)
             time.sleep(self.delay_s)
             os._exit(1)

@@ -15,7 +15,8 @@ from cwpo_ray.pipeline import DEMO_CONFIG, PipelineConfig
 SMALL = [
     "synthetic.task.num_pairs=800", "synthetic.pretrain.num_texts=1024", "synthetic.pretrain.epochs=1",
     "annotator.epochs=2", "sft.epochs=1", "align.epochs=1",
-    "methods={cw-dpo: {labels: weak, weighting: confidence}}", "evaluate.max_prompts=16",
+    # two methods on the same weak labels: both align in one Ray Train job (one SFT model on the weak labels)
+    "methods={cw-dpo: {labels: weak, weighting: confidence}, ws-dpo: {labels: weak, weighting: none}}", "evaluate.max_prompts=16",
     "evaluate.num_bootstrap=200", "generate.max_prompts=8",
     "sft_data=method_labels",  # the paper's initialisation: cw-dpo starts from an SFT model on its weak labels
 ]
@@ -24,6 +25,23 @@ SMALL = [
 def test_pipeline_config_checks_gold_on_real_data():
     with pytest.raises(ConfigError, match="gold"):
         load_config(PipelineConfig, DEMO_CONFIG, ["synthetic=null", "prepare.sources=[{format: tldr, path: x.jsonl}]"])
+
+
+def test_stage_table_shows_each_stage_own_work_beside_its_wall_time():
+    from cwpo_ray.pipeline import format_pipeline, stage_work
+    from cwpo_ray.results import PipelineResult, SFTResult, StageRun
+
+    sft = SFTResult.model_construct(worker_seconds={"process": 9.0, "model": 3.1, "reference": 0.0, "train": 10.24})
+    assert stage_work(sft) == ("training steps", 10.2)
+    align = SFTResult.model_construct(worker_seconds={"reference": 5.0, "train": 36.0})
+    assert stage_work(align) == ("reference + training steps", 41.0)
+    assert stage_work(SFTResult.model_construct(worker_seconds={})) == (None, None)  # a summary of an older version
+    out = PipelineResult(run_dir="r", seconds=60.0, stages={
+        "sft": StageRun(skipped=False, seconds=34.2, output="r/sft", work="training steps", work_seconds=10.2),
+        "prepare": StageRun(skipped=True, seconds=0.1, output="r/data")})
+    text = format_pipeline(out)
+    assert "  sft                    34.2s    of which training steps 10.2s" in text
+    assert "  prepare                skipped (up to date)\n" in text + "\n"
 
 
 _RUNS: dict = {}
@@ -61,19 +79,27 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     for st in ("synthesize", "prepare", "train-annotator", "annotate"):
         assert final[st]["fingerprint"] == first_fps[st]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert set(metrics["methods"]) == {"cw-dpo"} and 0.0 <= metrics["methods"]["cw-dpo"]["gra"] <= 1.0
+    assert set(metrics["methods"]) == {"cw-dpo", "ws-dpo"} and 0.0 <= metrics["methods"]["cw-dpo"]["gra"] <= 1.0
     assert (run / "eval" / "report.md").exists()
     # sft_data=method_labels: an SFT model on the weak labels' chosen responses, cw-dpo's start, reference and
     # GRA baseline; the common SFT model (human labels of the labeled split) is its second comparison
     assert final["sft/weak"]["summary"]["rows_used"] == final["annotate"]["summary"]["pairs"]
     assert final["sft"]["summary"]["rows_used"] != final["sft/weak"]["summary"]["rows_used"]
     assert final["align/cw-dpo"]["summary"]["base_model"] == str(run / "sft_weak" / "model")
-    assert metrics["compare_to"] == {"cw-dpo": "sft-weak"} and metrics["baselines"] == {"sft-weak": str(run / "sft_weak" / "model")}
-    assert set(metrics["methods_vs_common"]) == {"cw-dpo"} and set(metrics["generation"]) == {"sft", "sft-weak", "cw-dpo"}
+    # the two methods trained in one Ray Train job, each with its own data weights, model and summary
+    cw, ws = final["align/cw-dpo"]["summary"], final["align/ws-dpo"]["summary"]
+    assert cw["job_runs"] == ws["job_runs"] == 2 and ws["weights_mean_weight"] == 1.0 > cw["weights_mean_weight"]
+    assert final["sft"]["summary"]["job_runs"] == final["sft/weak"]["summary"]["job_runs"] == 2  # the SFT models too
+    assert out.stdout.count("training steps of 2 runs in one job") == 2, out.stdout
+    assert "trained in align/cw-dpo's job" in out.stdout and "trained in sft's job" in out.stdout
+    assert metrics["compare_to"] == {"cw-dpo": "sft-weak", "ws-dpo": "sft-weak"}
+    assert metrics["baselines"] == {"sft-weak": str(run / "sft_weak" / "model")}
+    assert set(metrics["methods_vs_common"]) == {"cw-dpo", "ws-dpo"}
+    assert set(metrics["generation"]) == {"sft", "sft-weak", "cw-dpo", "ws-dpo"}
     assert "vs the common SFT model" in out.stdout
     # a third run has nothing left to do
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 9, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 10, again.stdout[-2000:]
 
 
 def _labels(run):
@@ -128,14 +154,15 @@ def test_same_config_on_s3_gives_identical_numbers_and_writes_nothing_locally(s3
     assert (logs / "driver.log").stat().st_size > 0 and (logs / "ray").is_symlink()
     # a re-run resumes every stage from the bucket and starts no Ray
     done = json.loads(io.read_text("s3://cwpo/run/manifest.json"))
-    assert {"synthesize", "prepare", "train-annotator", "annotate", "sft", "sft/weak", "align/cw-dpo", "evaluate"} == set(done)
+    assert {"synthesize", "prepare", "train-annotator", "annotate", "sft", "sft/weak", "align/cw-dpo", "align/ws-dpo", "evaluate"} == set(done)
     for st in done:
         assert f"{st}: up to date, skipped" not in runs[0][0] and f"{st}: up to date, skipped" in runs[1][0], st
     assert (logs / "driver.log").read_text().count("starting a local Ray") == 1
     # the products are in the bucket; nothing in the working directory but the console's logs
     for f in ("synthetic/student_base/config.json", "data/labeled", "annotator/model/config.json", "annotator/reliability.png",
               "annotated/preferences", "annotated/confidence_hist.png", "sft_weak/model/config.json", "sft/ray_train",
-              "align/cw-dpo/model/model.safetensors", "eval/report.md", "eval/gra.png", "label_stats.json", "config.yaml"):
+              "align/cw-dpo/model/model.safetensors", "align/ws-dpo/model/model.safetensors", "eval/report.md", "eval/gra.png",
+              "label_stats.json", "config.yaml"):
         assert io.exists(f"s3://cwpo/run/{f}"), f
     found = sorted(str(p.relative_to(cwd)) for p in Path(cwd).rglob("*"))
     assert found and all(p.startswith("cwpo-logs") for p in found), found
@@ -145,10 +172,13 @@ def test_same_config_on_s3_gives_identical_numbers_and_writes_nothing_locally(s3
     assert len(a["pair_id"]) > 100 and a == b  # weak labels and confidences (= cw-dpo's weights), bit for bit
     ma = json.loads((first / "eval" / "metrics.json").read_text())
     mb = json.loads(io.read_text("s3://cwpo/run/eval/metrics.json"))
-    assert ma["methods"]["cw-dpo"] == mb["methods"]["cw-dpo"]  # GRA, ties, CIs, gains
+    assert ma["methods"] == mb["methods"]  # GRA, ties, CIs, gains of both methods
     assert ma["mean_gold"] == mb["mean_gold"]
-    la = (first / "align" / "cw-dpo" / "metrics.jsonl").read_text().splitlines()
-    lb = io.read_text("s3://cwpo/run/align/cw-dpo/metrics.jsonl").splitlines()
-    timings = ("throughput", "time", "timestamp", "reference_seconds")  # wall-clock measurements, not results
-    strip = lambda rows: [{k: v for k, v in json.loads(x).items() if k not in timings} for x in rows]  # noqa: E731
-    assert strip(la) == strip(lb)  # every logged training loss and margin
+    # wall-clock measurements and where the checkpoint is, not results
+    timings = ("throughput", "time", "timestamp", "reference_seconds", "checkpoint")
+    strip = lambda rows: [{k: v for k, v in json.loads(x).items() if k not in timings and not k.startswith("seconds_")}  # noqa: E731
+                          for x in rows]
+    for method in ("cw-dpo", "ws-dpo"):  # every logged training loss and margin
+        la = (first / "align" / method / "metrics.jsonl").read_text().splitlines()
+        lb = io.read_text(f"s3://cwpo/run/align/{method}/metrics.jsonl").splitlines()
+        assert strip(la) == strip(lb), method

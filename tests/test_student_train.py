@@ -100,6 +100,8 @@ def test_sft_lowers_response_nll(sft_model):
     s = sft_model
     assert s.steps == 10 and s.rows_used > 100 and s.rows_used + s.quarantined == s.rows_in
     assert s.last_loss < s.first_loss - 0.3
+    # where the worker's time went (the pipeline's stage table shows the steps beside the stage's wall time)
+    assert {"process", "model", "optimizer", "train"} <= set(s.worker_seconds) and 0 < s.worker_seconds["train"] < s.fit_seconds
     AutoModelForCausalLM.from_pretrained(s.model_dir)
 
 
@@ -172,6 +174,44 @@ def test_align_zero3_precomputed_resume_after_killed_worker_and_reload(sft_model
         assert torch.equal(p, sd[key].to(p.dtype)), name
         compared += 1
     assert compared >= len(student.state_dict()) - 1 > 10
+
+
+@pytest.mark.timeout(420)
+def test_several_align_runs_in_one_job_equal_separate_runs_and_survive_a_killed_worker(sft_model, preference_dir, tmp_path,
+                                                                                        monkeypatch):
+    """run_align_many: three runs in ONE Ray Train job (one worker group). The third is the first's config
+    again and a worker dies in it, after the others finished: the job restarts, skips the finished runs
+    (their models were exported as they reported) and trains the third from scratch, which must end with
+    the first's numbers and weights: a run later in a job is a fresh run. The second's own config is honoured."""
+    from transformers import AutoModelForCausalLM
+
+    from cwpo_ray.student.align import format_align, run_align_many
+    from tests.student_fixtures import KillWorker
+
+    base = {**SMALL, "model": sft_model.model_dir, "data_dir": preference_dir, "zero_stage": 2, "lr": 3e-4,
+            "warmup_steps": 0, "max_steps": 4, "weighting": "confidence", "reference_mode": "in_workers", "max_failures": 1}
+    cfgs = {"a": build_config(AlignConfig, {**base, "output_dir": str(tmp_path / "a")}),
+            "b": build_config(AlignConfig, {**base, "output_dir": str(tmp_path / "b"), "weighting": "none", "beta": 0.5}),
+            "a-again": build_config(AlignConfig, {**base, "output_dir": str(tmp_path / "a-again")})}
+    from cwpo_ray.train import trainer
+
+    real_fit_many = trainer.fit_many
+    kill = KillWorker(step=3, rank=1, occurrence=3)  # rank 1's third step 3: run "a-again" (a fresh process: no more)
+    monkeypatch.setattr(trainer, "fit_many", lambda task, runs, callbacks=None: real_fit_many(task, runs, callbacks, [kill]))
+    out = run_align_many(cfgs)
+    for s in out.values():
+        print(format_align(s))
+    assert [s.job_runs for s in out.values()] == [3, 3, 3] and {s.fit_seconds for s in out.values()} == {out["a"].fit_seconds}
+    a, again, b = out["a"], out["a-again"], out["b"]
+    assert a.steps == again.steps == b.steps == 4 and a.resumed_from == again.resumed_from == -1
+
+    def by_step(s):  # the killed attempt's rows, then the fresh one's: the last row of each step
+        return {h["step"]: {k: v for k, v in h.items() if k not in ("throughput", "time", "run")} for h in s.history}
+    assert by_step(again) == by_step(a) and (again.last_loss, again.last_reward_margin) == (a.last_loss, a.last_reward_margin)
+    ma, mg = (AutoModelForCausalLM.from_pretrained(x.model_dir) for x in (a, again))
+    assert all(torch.equal(p, q) for p, q in zip(ma.parameters(), mg.parameters()))
+    assert b.weighting == "none" and b.weights_mean_weight == 1.0 and a.weights_mean_weight < 1.0 and b.last_loss != a.last_loss
+    assert {"process", "model", "reference", "optimizer", "train"} <= set(b.worker_seconds)
 
 
 def test_reference_in_workers_equals_the_frozen_reference(synthetic_assets):

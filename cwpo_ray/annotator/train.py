@@ -144,7 +144,7 @@ def run_train_annotator(cfg: AnnotatorTrainConfig, callbacks: list | None = None
         first_train_accuracy=first.get("accuracy"),
         train_accuracy=last.get("accuracy"),
         train_pairs_per_s=float(np.mean([h["throughput"] for h in hist])) if hist else None,
-        train_seconds=res.fit_seconds,
+        train_seconds=res.fit_seconds, worker_seconds=res.worker_seconds,
         eval_seconds=round(time.time() - t1, 2),
         seconds=round(time.time() - t0, 1),
         checkpoint=res.checkpoint,

@@ -20,7 +20,7 @@ from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encod
 from cwpo_ray.student.stage import load_pairs, with_weights
 from cwpo_ray.tracking import tracked_stage
 from cwpo_ray.train.tasks import AlignTask
-from cwpo_ray.train.trainer import check_train_storage, fit, train_metrics
+from cwpo_ray.train.trainer import check_train_storage, fit, train_many, train_metrics
 
 
 def score_reference(model, rows: list[dict], pad: int, batch_size: int, device) -> dict[str, list]:
@@ -91,52 +91,73 @@ def precompute_reference(ds, cfg: AlignConfig):
     return out
 
 
+class _Prepared:
+    """One align run's driver-side input pass: its validated, weighted pairs (+ precomputed reference)."""
+
+    def __init__(self, cfg: AlignConfig):
+        require(cfg, "model", "data_dir", "output_dir")
+        check_train_storage(cfg)
+        init_ray(cfg.ray)
+        self.cfg, self.t0 = cfg, time.time()
+        ds, self.counts = load_pairs(cfg, needs_scores=cfg.weighting.endswith("delta"))
+        ds, self.wstats = with_weights(ds, cfg)
+        cols = ["pair_id", "prompt", "chosen", "rejected", "weight"]
+        self.ref_seconds = None
+        if cfg.reference_mode == "precomputed":
+            t1 = time.time()
+            ds = precompute_reference(ds.select_columns(cols), cfg)
+            self.ref_seconds = round(time.time() - t1, 1)
+            cols += list(REF_COLUMNS)
+        # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
+        self.ds, self.rows = ds.select_columns(cols).materialize(), self.counts.rows_used
+
+    def task(self) -> AlignTask:
+        return AlignTask(has_ref_columns=self.cfg.reference_mode == "precomputed",
+                         reference_in_workers=self.cfg.reference_mode == "in_workers")
+
+    def summary(self, res, job_runs: int = 1) -> AlignResult:
+        cfg = self.cfg
+        ref_seconds = res.final_metrics.get("reference_seconds") if cfg.reference_mode == "in_workers" else self.ref_seconds
+        hist = train_metrics(res.history)
+        first, last = (hist[0], hist[-1]) if hist else ({}, {})
+        logged = ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")
+        summary = AlignResult(
+            **self.counts.model_dump(), **{f"weights_{k}": v for k, v in self.wstats.items()},
+            loss_type=cfg.loss, weighting=cfg.weighting, beta=cfg.beta, reduction=cfg.reduction,
+            reference_mode=cfg.reference_mode, reference_seconds=ref_seconds,
+            base_model=cfg.model, model_dir=res.model_dir, checkpoint=res.checkpoint, output_dir=cfg.output_dir,
+            zero_stage=cfg.zero_stage, num_workers=cfg.num_workers, steps=last.get("step", 0),
+            fit_seconds=res.fit_seconds, worker_seconds=res.worker_seconds, job_runs=job_runs,
+            seconds=round(time.time() - self.t0, 1),
+            **{f"first_{k}": first.get(k) for k in logged}, **{f"last_{k}": last.get(k) for k in logged},
+            resumed_from=max((h.get("resumed_from", -1) for h in res.history), default=-1),
+            history=hist,
+        )
+        write_result(cfg.output_dir, summary)
+        return summary
+
+
 @tracked_stage("align", lambda r: [f"{r.output_dir}/metrics.jsonl"])
 def run_align(cfg: AlignConfig, callbacks: list | None = None, worker_hooks: list | None = None) -> AlignResult:
     """Train; returns (and writes to ``{output_dir}/summary.json``) the summary, incl. ``model_dir``.
     ``callbacks`` / ``worker_hooks``: see :func:`cwpo_ray.train.trainer.fit`."""
-    require(cfg, "model", "data_dir", "output_dir")
-    check_train_storage(cfg)
-    init_ray(cfg.ray)
-    t0 = time.time()
-    ds, counts = load_pairs(cfg, needs_scores=cfg.weighting.endswith("delta"))
-    ds, wstats = with_weights(ds, cfg)
-    cols = ["pair_id", "prompt", "chosen", "rejected", "weight"]
-    ref_seconds = None
-    if cfg.reference_mode == "precomputed":
-        t1 = time.time()
-        ds = precompute_reference(ds.select_columns(cols), cfg)
-        ref_seconds = round(time.time() - t1, 1)
-        cols += list(REF_COLUMNS)
-    # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
-    task = AlignTask(has_ref_columns=cfg.reference_mode == "precomputed",
-                     reference_in_workers=cfg.reference_mode == "in_workers")
-    res = fit(task, cfg, ds.select_columns(cols).materialize(), counts.rows_used, callbacks=callbacks, worker_hooks=worker_hooks)
-    if cfg.reference_mode == "in_workers":
-        ref_seconds = res.final_metrics.get("reference_seconds")
-    hist = train_metrics(res.history)
-    first, last = (hist[0], hist[-1]) if hist else ({}, {})
-    logged = ("loss", "reward_margin", "pref_acc", "weighted_pref_acc")
-    summary = AlignResult(
-        **counts.model_dump(), **{f"weights_{k}": v for k, v in wstats.items()},
-        loss_type=cfg.loss, weighting=cfg.weighting, beta=cfg.beta, reduction=cfg.reduction,
-        reference_mode=cfg.reference_mode, reference_seconds=ref_seconds,
-        base_model=cfg.model, model_dir=res.model_dir, checkpoint=res.checkpoint, output_dir=cfg.output_dir,
-        zero_stage=cfg.zero_stage,
-        num_workers=cfg.num_workers, steps=last.get("step", 0), fit_seconds=res.fit_seconds,
-        seconds=round(time.time() - t0, 1),
-        **{f"first_{k}": first.get(k) for k in logged}, **{f"last_{k}": last.get(k) for k in logged},
-        resumed_from=max((h.get("resumed_from", -1) for h in res.history), default=-1),
-        history=hist,
-    )
-    write_result(cfg.output_dir, summary)
-    return summary
+    prep = _Prepared(cfg)
+    res = fit(prep.task(), cfg, prep.ds, prep.rows, callbacks=callbacks, worker_hooks=worker_hooks)
+    return prep.summary(res)
+
+
+def run_align_many(cfgs: dict[str, AlignConfig], callbacks: list | None = None) -> dict[str, AlignResult]:
+    """Several align runs (e.g. a pipeline's methods) in ONE Ray Train job when they can share it (the same
+    worker group and reference mode; :func:`~cwpo_ray.train.trainer.train_many`), else one :func:`run_align`
+    each. ``fit_seconds`` of each is the whole job's time; ``job_runs`` says how many runs shared it."""
+    return train_many(cfgs, _Prepared, run_align, callbacks, same_task=lambda cs: len({c.reference_mode for c in cs}) == 1)
 
 
 def format_align(s: AlignResult) -> str:
     lines = [f"align ({s.loss_type}, weighting={s.weighting}, beta={s.beta}, log-probs {s.reduction}): "
              f"{s.rows_used} pairs ({s.quarantined} quarantined), {s.steps} steps on {s.num_workers} "
-             f"workers (ZeRO-{s.zero_stage}, reference {s.reference_mode}) in {s.fit_seconds}s"]
+             f"workers (ZeRO-{s.zero_stage}, reference {s.reference_mode}) in {s.fit_seconds}s"
+             + (f" (one training job for {s.job_runs} runs)" if s.job_runs > 1 else "")]
     if s.first_loss is not None:
         lines.append(f"  loss {s.first_loss:.4f} -> {s.last_loss:.4f}; reward margin {s.first_reward_margin:.3f} -> "
                      f"{s.last_reward_margin:.3f}; weighted pref acc {s.first_weighted_pref_acc:.3f} -> "

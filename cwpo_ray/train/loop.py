@@ -15,6 +15,12 @@ batches, the pure step function ``(model, batch) -> (loss, metrics)`` and how to
 
     {"task": <task object or name>, "cfg": <config dict>, "rows": <training rows>,
      "hooks": [callable(step=, rank=, resumed=)]}   # optional, called after every optimizer step
+
+or, for several runs of one task in one worker group (e.g. `align` for every method of a pipeline: one
+set of worker processes, imports and process group instead of one per run), ``{"runs": [{"task", "cfg",
+"rows"}, ...], "hooks": [...]}``: the runs train one after the other, run ``i`` on the dataset shard
+``train_{i}``, and every report carries ``run: i`` (a restarted job skips the runs that finished and
+resumes the next from its own latest checkpoint, if any).
 """
 from __future__ import annotations
 
@@ -98,10 +104,15 @@ def resolve_task(task):
 class Recipe:
     """One worker's training run: set up, resume, train, save (torchtune-style)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, run: int | None = None, checkpoint=None):
+        """``run``: this run's index in a several-run job (None: the job's only run), which names its dataset
+        shard (``train_{run}``) and tags its reports; ``checkpoint``: the Ray Train checkpoint to resume from."""
         import ray.train
         import ray.train.torch
         import torch
+
+        self.run, self.checkpoint = run, checkpoint
+        self.shard = "train" if run is None else f"train_{run}"
 
         self.task = resolve_task(config["task"])
         self.cfg = self.task.config_cls.model_validate(config["cfg"])
@@ -186,9 +197,7 @@ class Recipe:
 
     def resume(self) -> None:
         """Engine state and loop position from the latest Ray Train checkpoint, if any."""
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
+        ckpt = self.checkpoint
         if ckpt is None:
             return
         with ckpt.as_directory() as d:
@@ -238,7 +247,7 @@ class Recipe:
 
         cfg = self.cfg
         shuffle = cfg.shuffle_buffer and epoch is not None
-        return ray.train.get_dataset_shard("train").iter_batches(
+        return ray.train.get_dataset_shard(self.shard).iter_batches(
             batch_size=self.task.read_batch_size(cfg), batch_format="numpy",
             local_shuffle_buffer_size=cfg.shuffle_buffer if shuffle else None,
             local_shuffle_seed=cfg.seed + epoch if shuffle else None)
@@ -252,6 +261,8 @@ class Recipe:
     def report(self, metrics: dict, with_ckpt: bool, final: bool = False) -> None:
         import ray.train
 
+        if self.run is not None:
+            metrics = {**metrics, "run": self.run}
         if not with_ckpt:
             ray.train.report(metrics)
             return
@@ -262,12 +273,12 @@ class Recipe:
                 self.save(d)
                 if rank == 0:
                     with open(os.path.join(d, FINAL_MARK), "w") as f:
-                        json.dump({"step": self.state["step"]}, f)
+                        json.dump({"step": self.state["step"], "run": self.run}, f)
             if engine_state:
                 self.engine.save_checkpoint(d, tag=CKPT_TAG)
                 if rank == 0:
                     with open(os.path.join(d, STATE_FILE), "w") as f:
-                        json.dump({k: self.state[k] for k in ("micro_step", "step", "epoch", "batch_in_epoch")}, f)
+                        json.dump({**{k: self.state[k] for k in ("micro_step", "step", "epoch", "batch_in_epoch")}, "run": self.run}, f)
             has = engine_state or rank == 0
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if has else None)
 
@@ -345,6 +356,7 @@ class Recipe:
                 state["batch_in_epoch"] = 0
         self.phases["train"] = round(time.time() - t_train, 2)
         extra = {"reference_seconds": self.reference_seconds} if self.reference_seconds is not None else {}
+        extra.update({f"seconds_{k}": v for k, v in self.phases.items()})  # where the worker's time went
         t = time.time()
         self.report({"step": state["step"], "final": 1, "resumed_from": state["resumed_from"], **extra}, with_ckpt=True, final=True)
         self.phases["save"] = round(time.time() - t, 2)
@@ -352,13 +364,68 @@ class Recipe:
             self.log.info("seconds: %s", " ".join(f"{k} {v:.1f}" for k, v in self.phases.items()))
 
 
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_finished(cfg: dict) -> bool:
+    """Whether a run of a several-run job finished in this job: its ``metrics.jsonl`` (started afresh by the
+    job) has the final row, written on the controller after the run's model was copied out."""
+    from cwpo_ray import io
+
+    path = io.join(cfg["output_dir"], "metrics.jsonl")
+    if not io.exists(path):
+        return False
+    for line in io.read_text(path).splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a row being written
+            continue
+        if row.get("final") and "checkpoint" in row:
+            return True
+    return False
+
+
+def checkpoint_run(checkpoint) -> int | None:
+    """The run a mid-run checkpoint belongs to (None: no checkpoint, or a finished run's final one)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        if os.path.exists(os.path.join(d, FINAL_MARK)) or not os.path.exists(os.path.join(d, STATE_FILE)):
+            return None
+        with open(os.path.join(d, STATE_FILE)) as f:
+            return json.load(f).get("run")
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker function of every training stage (see the module docstring)."""
     import deepspeed
+    import ray.train
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # don't JIT-build the shm comm op
-    t = time.time()
-    recipe = Recipe(config)
-    recipe.phases["process"] = round(t - _PROCESS_START, 2)  # worker process start -> here: imports (torch, Ray Train, DeepSpeed)
-    recipe.phases["init"] = round(time.time() - t, 2)
-    recipe.setup().train()
+    started = _PROCESS_START
+    checkpoint = ray.train.get_checkpoint()
+    if "runs" not in config:
+        runs, first, ckpt = [(None, config)], 0, checkpoint
+    else:  # after a restart: skip the finished runs (their models were copied out as they reported)
+        first = 0
+        while first < len(config["runs"]) and run_finished(config["runs"][first]["cfg"]):
+            first += 1
+        ckpt = checkpoint if checkpoint_run(checkpoint) == first else None  # a mid-run checkpoint of the next run
+        runs = [(i, {**r, "hooks": config.get("hooks")}) for i, r in enumerate(config["runs"])][first:]
+    for run, run_config in runs:
+        t = time.time()
+        recipe = Recipe(run_config, run=run, checkpoint=ckpt)
+        # this worker's start (process, imports of torch, Ray Train, DeepSpeed; or the previous run's end) -> here
+        recipe.phases["process"] = round(t - started, 2)
+        recipe.phases["init"] = round(time.time() - t, 2)
+        recipe.setup().train()
+        del recipe  # its engine, models and optimizer state, before the next run builds its own
+        _release_memory()
+        ckpt, started = None, time.time()

@@ -100,6 +100,12 @@ class FitResult:
     history: list[dict]  # the metrics.jsonl rows, one per logged step
     final_metrics: dict[str, float]  # the last report's numeric metrics
 
+    @property
+    def worker_seconds(self) -> dict[str, float]:
+        """Rank 0's wall seconds per phase (:class:`~cwpo_ray.train.loop.Recipe`): ``process`` (worker start
+        and imports), ``init``, ``model``, ``reference``, ``optimizer``, ``resume``, ``train`` (the steps)."""
+        return {k[len("seconds_"):]: v for k, v in self.final_metrics.items() if k.startswith("seconds_")}
+
 
 def check_train_storage(cfg) -> None:
     """Fail fast, before Ray starts, with one line naming the field: ``output_dir``'s store (scheme,
@@ -120,6 +126,63 @@ def check_optimizer(cfg) -> None:
                           "(pip install 'cwpo-ray[bnb]'), or set optimizer=adamw")
 
 
+# Fields every run of a several-run job must share: they shape the one worker group and Ray Train run.
+SHARED_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints", "resume")
+
+
+def can_share_job(cfgs: list) -> bool:
+    """Whether these runs can train in one worker group (:func:`fit_many`): the same worker group and
+    failure settings, no ``resume`` (a resumed job must be the same list of runs as the one it resumes) and
+    no tracking (a tracked run is a tracked stage of its own)."""
+    return all(not c.resume and c.tracking.kind == "none" for c in cfgs) and all(
+        {f: getattr(c, f) for f in SHARED_FIELDS} == {f: getattr(cfgs[0], f) for f in SHARED_FIELDS} for c in cfgs)
+
+
+def train_many(cfgs: dict, prepare, run_one, callbacks: list | None = None, same_task=lambda cfgs: True) -> dict:
+    """A stage's runs (name -> config; e.g. a pipeline's align methods) in ONE training job when they can
+    share it (:func:`can_share_job` and ``same_task(cfgs)``; no ``callbacks``, which follow one run), else
+    ``run_one(cfg, callbacks=)`` each. ``prepare(cfg)`` is the stage's driver-side input pass: an object with
+    ``cfg``, ``ds``, ``rows``, ``task()`` and ``summary(fit_result, job_runs)``. Each run keeps its own data,
+    seed, output folder and summary; its numbers equal a separate run's."""
+    runs = list(cfgs.values())
+    if callbacks or len(runs) < 2 or not (can_share_job(runs) and same_task(runs)):
+        return {name: run_one(c, callbacks=callbacks) for name, c in cfgs.items()}
+    preps = {name: prepare(c) for name, c in cfgs.items()}
+    first = next(iter(preps.values()))
+    results = fit_many(first.task(), [(p.cfg, p.ds, p.rows) for p in preps.values()])
+    return {name: p.summary(res, job_runs=len(preps)) for (name, p), res in zip(preps.items(), results)}
+
+
+def copy_model(checkpoint_fs, checkpoint_path: str, model_dir: str) -> None:
+    """The HF files of a final checkpoint (not its DeepSpeed state under ds/) -> ``model_dir``, replaced."""
+    import pyarrow.fs as pafs
+
+    io.rmtree(model_dir)
+    dst_fs, dst = io.resolve(model_dir)
+    dst_fs.create_dir(dst, recursive=True)
+    for info in checkpoint_fs.get_file_info(pafs.FileSelector(checkpoint_path)):
+        if info.type == pafs.FileType.File and info.base_name not in (STATE_FILE, FINAL_MARK):
+            pafs.copy_files(info.path, f"{dst}/{info.base_name}", source_filesystem=checkpoint_fs, destination_filesystem=dst_fs)
+
+
+class RunsLogger(UserCallback):
+    """Runs on the Ray Train controller: each report goes to its run's :class:`MetricsLogger` (by its ``run``
+    tag in a several-run job), and a run's final model is copied from its checkpoint to its
+    ``{output_dir}/model`` as soon as it is reported (so no later checkpoint of the job can evict it first);
+    the final row of ``metrics.jsonl`` records that checkpoint's path (``checkpoint``)."""
+
+    def __init__(self, loggers: list[MetricsLogger]):
+        self.loggers = loggers
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = dict(metrics[0]) if metrics else {}
+        i = int(m.get("run", 0))
+        if m.get("final") and checkpoint is not None:
+            copy_model(checkpoint.filesystem, checkpoint.path, io.join(self.loggers[i].output_dir, "model"))
+            metrics = [{**m, "checkpoint": checkpoint.path}, *metrics[1:]]
+        self.loggers[i].after_report(run_context, metrics, checkpoint)
+
+
 def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: list | None = None) -> FitResult:
     """Run :func:`cwpo_ray.train.loop.train_loop_per_worker` for ``task`` (an object or its name) on a
     ``TorchTrainer`` over the Ray Dataset ``ds`` (``rows`` rows); copy the final HF model to
@@ -129,34 +192,53 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
     ``worker_hooks``: picklable callables run by every worker after each optimizer step as
     ``hook(step=, rank=, resumed=)`` (tests use one to kill a worker).
     """
-    import pyarrow.fs as pafs
+    return fit_many(task, [(cfg, ds, rows)], callbacks, worker_hooks)[0]
+
+
+def fit_many(task, runs: list[tuple], callbacks: list | None = None, worker_hooks: list | None = None) -> list[FitResult]:
+    """:func:`fit` for several runs ``(cfg, ds, rows)`` of one task in ONE ``TorchTrainer`` job: one worker
+    group trains them one after the other (the worker processes, their imports, the process group and the
+    controller are paid once, not once per run). The configs must agree on :data:`SHARED_FIELDS`
+    (:func:`can_share_job`); each run keeps its own output folder, metrics, model and seed. The job's Ray
+    Train checkpoints live under the first run's output folder. Returns one FitResult per run, in order;
+    ``fit_seconds`` is the whole job's wall time."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from cwpo_ray.config import ConfigError
+    from cwpo_ray.train.backend import DeviceAwareTorchConfig
     from cwpo_ray.train.loop import resolve_task, train_loop_per_worker
 
     task = resolve_task(task)
-    check_optimizer(cfg)
-    out = cfg.output_dir
-    storage = io.absolute(out)  # Ray Train checkpoints: {output_dir}/ray_train, on any pyarrow.fs filesystem
+    cfgs = [r[0] for r in runs]
+    several = len(runs) > 1
+    if several and not can_share_job(cfgs):
+        raise ConfigError(f"config error: runs of one training job must agree on {', '.join(SHARED_FIELDS)} and not resume")
+    for c in cfgs:
+        check_optimizer(c)
+    cfg = cfgs[0]
+    storage = io.absolute(cfg.output_dir)  # Ray Train checkpoints: {output_dir}/ray_train, on any pyarrow.fs filesystem
     if not cfg.resume:  # Ray Train would otherwise pick up an earlier run of the same name
         io.rmtree(io.join(storage, "ray_train", task.name))
-    logger = MetricsLogger(out)
-    logger.start(fresh=not cfg.resume)
-    from cwpo_ray.train.backend import DeviceAwareTorchConfig
-
+    loggers = [MetricsLogger(c.output_dir) for c in cfgs]
+    for lg, c in zip(loggers, cfgs):
+        lg.start(fresh=not c.resume)
+    runs_logger = RunsLogger(loggers)
+    loop_config = {"task": task, "cfg": cfg.model_dump(mode="json"), "rows": runs[0][2]}
+    if several:
+        loop_config = {"runs": [{"task": task, "cfg": c.model_dump(mode="json"), "rows": rows} for c, _, rows in runs]}
     trainer = TorchTrainer(
         train_loop_per_worker,
         torch_config=DeviceAwareTorchConfig(),  # NCCL on CUDA workers, gloo on GPU workers without CUDA
-        train_loop_config={"task": task, "cfg": cfg.model_dump(mode="json"), "rows": rows, "hooks": list(worker_hooks or [])},
+        train_loop_config={**loop_config, "hooks": list(worker_hooks or [])},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=RunConfig(name=task.name, storage_path=io.join(storage, "ray_train"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             callbacks=[logger, *(callbacks or [])]),
-        datasets={"train": ds},
+                             callbacks=[runs_logger, *(callbacks or [])]),
+        datasets={"train": runs[0][1]} if not several else {f"train_{i}": r[1] for i, r in enumerate(runs)},
         # Same rows to the same worker in the same order on every run (same config and seed -> same numbers);
         # locality-based block assignment would depend on where blocks happen to live.
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False),
@@ -164,22 +246,20 @@ def fit(task, cfg, ds, rows: int, callbacks: list | None = None, worker_hooks: l
     t0 = time.time()
     from cwpo_ray import tracking
 
-    with console.metrics_bar(logger.path, task.name), tracking.follow_steps(tracking.current(), logger.path):
+    with console.metrics_bar([lg.path for lg in loggers], task.name), tracking.follow_steps(tracking.current(), loggers[0].path):
         result = trainer.fit()
     wall = time.time() - t0
     if result.error:
         raise result.error
-    model_dir = io.join(out, "model")
-    io.rmtree(model_dir)
-    dst_fs, dst = io.resolve(model_dir)
-    dst_fs.create_dir(dst, recursive=True)
-    src_fs = result.checkpoint.filesystem
-    for info in src_fs.get_file_info(pafs.FileSelector(result.checkpoint.path)):
-        if info.type == pafs.FileType.File and info.base_name not in (STATE_FILE, FINAL_MARK):  # HF files only, not ds/
-            pafs.copy_files(info.path, f"{dst}/{info.base_name}", source_filesystem=src_fs, destination_filesystem=dst_fs)
-    return FitResult(model_dir=model_dir, checkpoint=result.checkpoint.path, fit_seconds=round(wall, 1),
-                     history=read_metrics(out),
-                     final_metrics={k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
+    out = []
+    for lg in loggers:
+        history = read_metrics(lg.output_dir)
+        final = next((h for h in reversed(history) if h.get("final")), None)
+        if final is None or "checkpoint" not in final:
+            raise RuntimeError(f"{task.name}: the run in {lg.output_dir} ended without a final model")
+        out.append(FitResult(model_dir=io.join(lg.output_dir, "model"), checkpoint=final["checkpoint"], fit_seconds=round(wall, 1),
+                             history=history, final_metrics={k: v for k, v in final.items() if isinstance(v, (int, float))}))
+    return out
 
 
 def train_metrics(history: list[dict]) -> list[dict]:
