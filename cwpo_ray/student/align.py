@@ -12,15 +12,14 @@ import time
 import pyarrow as pa
 
 from cwpo_ray import io
-from cwpo_ray.config import require
 from cwpo_ray.results import AlignResult, write_result
-from cwpo_ray.runtime import init_ray, local_device
+from cwpo_ray.runtime import local_device
 from cwpo_ray.student.config import AlignConfig
 from cwpo_ray.student.data import REF_COLUMNS, PairEncoder, collate_pairs, encode_rows
-from cwpo_ray.student.stage import load_pairs, with_weights
+from cwpo_ray.student.stage import PreparedRun, with_weights
 from cwpo_ray.tracking import tracked_stage
 from cwpo_ray.train.tasks import AlignTask
-from cwpo_ray.train.trainer import check_train_storage, fit, train_many, train_metrics
+from cwpo_ray.train.trainer import fit, train_many, train_metrics
 
 
 def score_reference(model, rows: list[dict], pad: int, batch_size: int, device) -> dict[str, list]:
@@ -91,16 +90,12 @@ def precompute_reference(ds, cfg: AlignConfig):
     return out
 
 
-class _Prepared:
+class _Prepared(PreparedRun):
     """One align run's driver-side input pass: its validated, weighted pairs (+ precomputed reference)."""
 
     def __init__(self, cfg: AlignConfig):
-        require(cfg, "model", "data_dir", "output_dir")
-        check_train_storage(cfg)
-        init_ray(cfg.ray)
-        self.cfg, self.t0 = cfg, time.time()
-        ds, self.counts = load_pairs(cfg, needs_scores=cfg.weighting.endswith("delta"))
-        ds, self.wstats = with_weights(ds, cfg)
+        super().__init__(cfg, needs_scores=cfg.weighting.endswith("delta"))
+        ds, self.wstats = with_weights(self.pairs, cfg)
         cols = ["pair_id", "prompt", "chosen", "rejected", "weight"]
         self.ref_seconds = None
         if cfg.reference_mode == "precomputed":

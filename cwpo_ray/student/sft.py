@@ -8,27 +8,21 @@ from __future__ import annotations
 
 import time
 
-from cwpo_ray.config import require
 from cwpo_ray.results import SFTResult, write_result
-from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.config import SFTConfig
-from cwpo_ray.student.stage import load_pairs
+from cwpo_ray.student.stage import PreparedRun
 from cwpo_ray.tracking import tracked_stage
 from cwpo_ray.train.tasks import SFTTask
-from cwpo_ray.train.trainer import check_train_storage, fit, train_many, train_metrics
+from cwpo_ray.train.trainer import fit, train_many, train_metrics
 
 
-class _Prepared:
+class _Prepared(PreparedRun):
     """One SFT run's driver-side input pass: its validated (prompt, chosen) rows."""
 
     def __init__(self, cfg: SFTConfig):
-        require(cfg, "model", "data_dir", "output_dir")
-        check_train_storage(cfg)
-        init_ray(cfg.ray)
-        self.cfg, self.t0 = cfg, time.time()
-        ds, self.counts = load_pairs(cfg, needs_scores=False)
+        super().__init__(cfg, needs_scores=False)
         # materialized so the trainer's split reads blocks directly (no CPU tasks competing with workers)
-        self.ds, self.rows = ds.select_columns(["pair_id", "prompt", "chosen"]).materialize(), self.counts.rows_used
+        self.ds, self.rows = self.pairs.select_columns(["pair_id", "prompt", "chosen"]).materialize(), self.counts.rows_used
 
     def task(self) -> SFTTask:
         return SFTTask()

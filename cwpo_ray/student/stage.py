@@ -5,16 +5,19 @@ final model are the shared training driver's (:mod:`cwpo_ray.train.trainer`); th
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 
 from cwpo_ray import io
-from cwpo_ray.config import ConfigError
+from cwpo_ray.config import ConfigError, require
 from cwpo_ray.results import PairCounts
+from cwpo_ray.runtime import init_ray
 from cwpo_ray.student.data import add_weights, human_pairs_to_preferences, validate_preferences
 from cwpo_ray.student.losses import top_fraction_threshold
+from cwpo_ray.train.trainer import check_train_storage
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,17 @@ def with_weights(ds, cfg) -> tuple:
     out = ds.map_batches(lambda t: add_weights(t, scheme, threshold), batch_format="pyarrow", batch_size=4096).materialize()
     w = np.concatenate([b["weight"] for b in out.select_columns(["weight"]).iter_batches(batch_format="numpy")])
     return out, {"threshold": threshold, "mean_weight": float(w.mean()), "nonzero_weight_fraction": float((w > 0).mean())}
+
+
+class PreparedRun:
+    """A student training run's driver side up to the trainer: its config checked (required fields, storage),
+    Ray started, its rows read, validated and quarantined (:func:`load_pairs`: ``pairs``, ``counts``). Each
+    stage adds ``ds`` and ``rows`` (what the workers train on), ``task()`` and ``summary(fit_result, job_runs)``
+    (:func:`cwpo_ray.train.trainer.train_many`)."""
+
+    def __init__(self, cfg, needs_scores: bool):
+        require(cfg, "model", "data_dir", "output_dir")
+        check_train_storage(cfg)
+        init_ray(cfg.ray)
+        self.cfg, self.t0 = cfg, time.time()
+        self.pairs, self.counts = load_pairs(cfg, needs_scores=needs_scores)
