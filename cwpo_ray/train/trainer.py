@@ -169,7 +169,8 @@ class RunsLogger(UserCallback):
     """Runs on the Ray Train controller: each report goes to its run's :class:`MetricsLogger` (by its ``run``
     tag in a several-run job), and a run's final model is copied from its checkpoint to its
     ``{output_dir}/model`` as soon as it is reported (so no later checkpoint of the job can evict it first);
-    the final row of ``metrics.jsonl`` records that checkpoint's path (``checkpoint``)."""
+    the final row of ``metrics.jsonl`` records that checkpoint's path (``checkpoint``). Ray Train V2 pins the
+    controller to the driver's node, so a local output folder is the driver's, as when the driver copied it."""
 
     def __init__(self, loggers: list[MetricsLogger]):
         self.loggers = loggers
