@@ -328,11 +328,10 @@ def collect(ledger: Ledger, run: Path, seeds: list[int], grid: dict) -> dict:
     curve: dict = {}
     cfg = curve_config(run, seeds, grid)
     for f in FRACTIONS:
-        for method in CURVE_METHODS:
-            if method not in selected:
-                continue
-            point = curve_point(selected[method]["point"], f)
-            ok = [s for s in done if ledger.has(trial_configs(cfg, point, s, method, split="test")[1])]
+        pts = {m: curve_point(selected[m]["point"], f) for m in CURVE_METHODS if m in selected}
+        # the seeds in which every method of the curve finished this fraction (paired differences need the same seeds)
+        ok = [s for s in done if all(ledger.has(trial_configs(cfg, p, s, m, split="test")[1]) for m, p in pts.items())]
+        for method, point in pts.items():
             if ok:
                 rows = method_tables(ledger, cfg, method, point, ok)
                 curve.setdefault(str(f), {})[method] = [win_shares(t, method, ref) for t, ref, _ in rows]
@@ -472,7 +471,8 @@ def report(data: dict, out: Path, status: str | None = None) -> str:
         d1 = verdict(diff(data, "cw-dpo", "ws-dpo", by)) if {"cw-dpo", "ws-dpo"} <= by.keys() else "not run"
         d2 = verdict(diff(data, "cw-dpo", "labeled-dpo", by)) if {"cw-dpo", "labeled-dpo"} <= by.keys() else "not run"
         verdicts[f"curve {f}: cw-dpo - ws-dpo"], verdicts[f"curve {f}: cw-dpo - labeled-dpo"] = d1, d2
-        L.append(f"| {f} | " + " | ".join(cells) + f" | {d1} | {d2} |")
+        n = len(next(iter(by.values())))
+        L.append(f"| {f} ({n} seed{'s' if n > 1 else ''}) | " + " | ".join(cells) + f" | {d1} | {d2} |")
     L += [""]
     # 7. Table 5
     L += ["## 7. Table 5: weightings (C1 = 2(σ(Δ) − ½) = CW-DPO, C2 = σ(Δ), C3 = min(Δ, 1), C4 = min(0.2Δ, 1))", "",
