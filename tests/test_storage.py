@@ -31,12 +31,11 @@ def no_compute(monkeypatch):
     import cwpo_ray.generate.stage
     import cwpo_ray.prepare.stage
     import cwpo_ray.runtime
-    import cwpo_ray.student.align
-    import cwpo_ray.student.sft
+    import cwpo_ray.student.stage
     import cwpo_ray.synthetic.build
 
     for mod in (cwpo_ray.runtime, cwpo_ray.prepare.stage, cwpo_ray.generate.stage, cwpo_ray.evaluate.stage,
-                cwpo_ray.student.sft, cwpo_ray.student.align):
+                cwpo_ray.student.stage):  # student.stage: SFT's and align's PreparedRun
         monkeypatch.setattr(mod, "init_ray", refuse)
     monkeypatch.setattr(cwpo_ray.synthetic.build, "SyntheticTask", refuse)  # the synthetic task's compute
 
