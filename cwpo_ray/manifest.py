@@ -77,9 +77,10 @@ class Manifest:
         except FileNotFoundError:
             return False
 
-    def is_current(self, stage: str, config: Any, inputs: dict[str, str], artifacts: list) -> bool:
-        """Whether :meth:`run` would skip this stage (same config and inputs, products unchanged)."""
-        return self.is_done(stage, stage_key(stage, config, inputs), artifacts)
+    def is_recorded(self, stage: str, config: Any, inputs: dict[str, str]) -> bool:
+        """Whether this stage is recorded with the same config and inputs (no fingerprinting of its products:
+        :meth:`run` still checks those before it skips the stage)."""
+        return self.data.get(stage, {}).get("key") == stage_key(stage, config, inputs)
 
     def run(self, stage: str, config: Any, inputs: dict[str, str], output: str | Path,
             fn: Callable[[], Any], artifacts: list | None = None) -> tuple[str, Any, bool]:

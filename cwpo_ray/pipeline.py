@@ -251,8 +251,9 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         ONE Ray Train job where their configs allow (``run_many``: one worker group, its processes and imports
         paid once, instead of one per stage); each is recorded as a stage of its own. In the stage table the
         job's time and steps show under its first stage."""
-        pending = [n for n, (c, inputs, model) in runs.items()
-                   if not run_manifest.is_current(n, c.model_dump(mode="json", exclude={"tracking"}), inputs, [model])]
+        # not recorded for this config and inputs (a recorded stage whose products changed runs again on its own)
+        pending = [n for n, (c, inputs, _) in runs.items()
+                   if not run_manifest.is_recorded(n, c.model_dump(mode="json", exclude={"tracking"}), inputs)]
         trained: dict[str, R] = {}
 
         def train(name: str) -> R:

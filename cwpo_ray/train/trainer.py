@@ -215,7 +215,8 @@ def fit_many(task, runs: list[tuple], callbacks: list | None = None, worker_hook
     cfgs = [r[0] for r in runs]
     several = len(runs) > 1
     if several and not can_share_job(cfgs):
-        raise ConfigError(f"config error: runs of one training job must agree on {', '.join(SHARED_FIELDS)} and not resume")
+        raise ConfigError(f"config error: runs of one training job must agree on {', '.join(SHARED_FIELDS)}, "
+                          "and neither resume nor be tracked")
     for c in cfgs:
         check_optimizer(c)
     cfg = cfgs[0]
