@@ -53,6 +53,9 @@ from cwpo_ray.synthetic.build import SyntheticConfig
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+# stage config fields that change no result, left out of the stage keys: where metrics go, how often Ray Train's
+# controller polls its workers
+NO_RESULT_FIELDS = {"tracking", "controller_poll_s"}
 R = TypeVar("R", bound=StageResult)
 
 
@@ -211,7 +214,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         console.route_library_logs()  # libraries imported by the previous stage
         if not console.quiet():
             print(f"\n=== {name} ===", flush=True)
-        config = stage_cfg.model_dump(mode="json", exclude={"tracking"})  # tracking changes no result
+        config = stage_cfg.model_dump(mode="json", exclude=NO_RESULT_FIELDS)
         made: list[R] = []
 
         def run_fn() -> dict:
@@ -253,7 +256,7 @@ def run_pipeline(cfg: PipelineConfig, train_callbacks: list | None = None) -> Pi
         job's time and steps show under its first stage."""
         # not recorded for this config and inputs (a recorded stage whose products changed runs again on its own)
         pending = [n for n, (c, inputs, _) in runs.items()
-                   if not run_manifest.is_recorded(n, c.model_dump(mode="json", exclude={"tracking"}), inputs)]
+                   if not run_manifest.is_recorded(n, c.model_dump(mode="json", exclude=NO_RESULT_FIELDS), inputs)]
         trained: dict[str, R] = {}
 
         def train(name: str) -> R:

@@ -1,5 +1,6 @@
 """Test aids for the training stages: PREFERENCE_SCHEMA parquet (what `annotate` writes) built from the
-synthetic task, and :class:`KillWorker`, a worker hook that crashes one Ray Train worker."""
+synthetic task, :class:`KillWorker`, a worker hook that crashes one Ray Train worker, and :class:`ControllerEnv`,
+a callback that shows the Ray Train controller's environment."""
 from __future__ import annotations
 
 import glob
@@ -53,7 +54,8 @@ class KillWorker:
     step: int
     rank: int = 0
     # Ray Train V2's controller registers a reported checkpoint when it next polls the workers
-    # (every 2 s): a crash sooner than that after the report restarts from the checkpoint before it.
+    # (every controller_poll_s, Ray's default 2 s): a crash sooner than that after the report restarts from the
+    # checkpoint before it.
     delay_s: float = 4.0
     # in a several-run job (fit_many) the worker process reaches ``step`` once per run: exit the n-th time
     occurrence: int = 1
@@ -67,3 +69,23 @@ class KillWorker:
             print(f"KillWorker: rank {rank} exits after step {step} in {self.delay_s}s", flush=True)
             time.sleep(self.delay_s)
             os._exit(1)
+
+
+try:
+    from ray.train.v2.api.callback import UserCallback as _UserCallback
+except ImportError:  # pragma: no cover - Train V1
+    _UserCallback = object
+
+
+class ControllerEnv(_UserCallback):
+    """A Ray Train callback: on each report, writes what the Ray Train *controller* process has of ``names`` in
+    its environment to ``path`` (JSON), e.g. the poll interval that a training config asked for."""
+
+    def __init__(self, path: str, names: tuple[str, ...]):
+        self.path, self.names = path, names
+
+    def after_report(self, run_context, metrics, checkpoint):
+        import json
+
+        with open(self.path, "w") as f:
+            json.dump({n: os.environ.get(n) for n in self.names}, f)

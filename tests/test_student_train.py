@@ -36,13 +36,15 @@ def sft_model(ray_session, synthetic_assets, prepared_data, tmp_path_factory):
     """SFT on the human-labeled split (PAIR_SCHEMA → chosen), ZeRO-0; optimizer paged_adamw_32bit, which
     on CPU workers is torch AdamW with a logged note (the loss must still fall)."""
     from cwpo_ray.student.sft import format_sft, run_sft
+    from cwpo_ray.train.trainer import POLL_ENV
+    from tests.student_fixtures import ControllerEnv
 
     out = str(tmp_path_factory.mktemp("sft"))
     cfg = build_config(SFTConfig, {**SMALL, "model": synthetic_assets["student_base"], "data_format": "pairs",
                                    "data_dir": os.path.join(prepared_data["dir"], "labeled"), "output_dir": out,
                                    "lr": 1e-3, "max_steps": 10, "zero_stage": 0, "warmup_steps": 0,
-                                   "optimizer": "paged_adamw_32bit"})
-    s = run_sft(cfg)
+                                   "optimizer": "paged_adamw_32bit", "controller_poll_s": 0.5})
+    s = run_sft(cfg, callbacks=[ControllerEnv(os.path.join(out, "controller_env.json"), (POLL_ENV,))])
     print(format_sft(s))
     return s
 
@@ -75,6 +77,15 @@ def test_config_fails_fast():
     assert build_config(AlignConfig, {"loss": "ipo", "logprob_reduction": "sum"}).reduction == "sum"
 
 
+def test_runs_share_a_job_only_with_the_same_worker_group_and_controller_settings():
+    from cwpo_ray.train.trainer import can_share_job
+
+    a = build_config(AlignConfig, {**SMALL, "model": "m"})
+    assert can_share_job([a, a.model_copy(update={"beta": 0.5, "seed": 3})])
+    for field, value in (("num_workers", 3), ("controller_poll_s", 2.0), ("resume", True)):
+        assert not can_share_job([a, a.model_copy(update={field: value})]), field
+
+
 def test_metrics_logger_appends_rows(tmp_path):
     """metrics.jsonl is append-only: one line per report, earlier lines never rewritten; a fresh run
     starts an empty file, a resumed one continues the old rows."""
@@ -103,6 +114,11 @@ def test_sft_lowers_response_nll(sft_model):
     # where the worker's time went (the pipeline's stage table shows the steps beside the stage's wall time)
     assert {"process", "model", "optimizer", "train"} <= set(s.worker_seconds) and 0 < s.worker_seconds["train"] < s.fit_seconds
     AutoModelForCausalLM.from_pretrained(s.model_dir)
+    # controller_poll_s reached the Ray Train controller (it drains one report per poll), and only for this job
+    from cwpo_ray.train.trainer import POLL_ENV
+
+    seen = json.loads(open(os.path.join(os.path.dirname(s.model_dir), "controller_env.json")).read())
+    assert seen == {POLL_ENV: "0.5"} and POLL_ENV not in os.environ
 
 
 @pytest.mark.timeout(300)

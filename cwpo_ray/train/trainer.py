@@ -2,6 +2,7 @@
 :class:`MetricsLogger` (rank-0 metrics → append-only ``metrics.jsonl`` + TensorBoard)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -127,7 +128,26 @@ def check_optimizer(cfg) -> None:
 
 
 # Fields every run of a several-run job must share: they shape the one worker group and Ray Train run.
-SHARED_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints", "resume")
+SHARED_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints", "resume",
+                 "controller_poll_s")
+
+
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train V2 propagates it from the driver to the controller
+
+
+@contextlib.contextmanager
+def controller_poll(seconds: float):
+    """``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` = ``seconds`` while a ``TorchTrainer`` starts in this process (Ray
+    Train V2 hands the driver's value to the controller it creates, also on a cluster), restored after."""
+    old = os.environ.get(POLL_ENV)
+    os.environ[POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(POLL_ENV, None)
+        else:
+            os.environ[POLL_ENV] = old
 
 
 def can_share_job(cfgs: list) -> bool:
@@ -248,7 +268,8 @@ def fit_many(task, runs: list[tuple], callbacks: list | None = None, worker_hook
     t0 = time.time()
     from cwpo_ray import tracking
 
-    with console.metrics_bar([lg.path for lg in loggers], task.name), tracking.follow_steps(tracking.current(), loggers[0].path):
+    with console.metrics_bar([lg.path for lg in loggers], task.name), tracking.follow_steps(tracking.current(), loggers[0].path), \
+            controller_poll(cfg.controller_poll_s):
         result = trainer.fit()
     wall = time.time() - t0
     if result.error:
