@@ -54,8 +54,8 @@ from cwpo_ray.synthetic.build import SyntheticConfig
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 # stage config fields that change no result, left out of the stage keys: where metrics go, how often Ray Train's
-# controller polls its workers
-NO_RESULT_FIELDS = {"tracking", "controller_poll_s"}
+# controller polls its workers, whether a training worker replays its shard from memory
+NO_RESULT_FIELDS = {"tracking", "controller_poll_s", "cache_shard_rows"}
 R = TypeVar("R", bound=StageResult)
 
 

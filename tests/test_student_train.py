@@ -208,7 +208,8 @@ def test_several_align_runs_in_one_job_equal_separate_runs_and_survive_a_killed_
             "warmup_steps": 0, "max_steps": 4, "weighting": "confidence", "reference_mode": "in_workers", "max_failures": 1}
     cfgs = {"a": build_config(AlignConfig, {**base, "output_dir": str(tmp_path / "a")}),
             "b": build_config(AlignConfig, {**base, "output_dir": str(tmp_path / "b"), "weighting": "none", "beta": 0.5}),
-            "a-again": build_config(AlignConfig, {**base, "output_dir": str(tmp_path / "a-again")})}
+            # every pass through Ray Data (the others replay their shard from memory after the reference pass)
+            "a-again": build_config(AlignConfig, {**base, "output_dir": str(tmp_path / "a-again"), "cache_shard_rows": 0})}
     from cwpo_ray.train import trainer
 
     real_fit_many = trainer.fit_many
@@ -228,6 +229,29 @@ def test_several_align_runs_in_one_job_equal_separate_runs_and_survive_a_killed_
     assert all(torch.equal(p, q) for p, q in zip(ma.parameters(), mg.parameters()))
     assert b.weighting == "none" and b.weights_mean_weight == 1.0 and a.weights_mean_weight < 1.0 and b.last_loss != a.last_loss
     assert {"process", "model", "reference", "optimizer", "train"} <= set(b.worker_seconds)
+    # a replayed shard gives the same numbers (above); Ray Data passes: the reference pass only, or one more
+    reads = {k: [json.loads(x) for x in open(tmp_path / k / "metrics.jsonl")][-1]["shard_reads"] for k in cfgs}
+    assert reads == {"a": 1, "b": 1, "a-again": 2}, reads
+
+
+def test_shard_passes_replay_the_first_complete_pass():
+    from cwpo_ray.train.loop import ShardPasses
+
+    opened = []
+
+    def read(epoch):
+        opened.append(epoch)
+        return iter([{"x": [i, i + 1]} for i in range(0, 6, 2)])
+
+    p = ShardPasses(read, keep=True)
+    first = p(None)
+    next(first)  # a pass that stops early keeps nothing
+    assert p.kept is None
+    assert list(p(0)) == list(read(None))[:] and p.kept is not None
+    opened.clear()
+    assert [list(p(e)) for e in (1, 2)] == [p.kept, p.kept] and opened == [] and p.reads == 2
+    off = ShardPasses(read, keep=False)
+    assert [len(list(off(e))) for e in (0, 1)] == [3, 3] and opened == [0, 1] and off.reads == 2 and off.kept is None
 
 
 def test_reference_in_workers_equals_the_frozen_reference(synthetic_assets):

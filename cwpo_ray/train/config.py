@@ -40,6 +40,11 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(default=1, gt=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     shuffle_buffer: int = Field(default=0, ge=0)  # Ray Data local shuffle buffer (rows, reseeded per epoch); 0 = none
+    # A worker whose shard has at most this many rows keeps it in memory after its first complete pass and replays
+    # it for later passes (epochs; align's training after its in-worker reference pass) instead of a new Ray Data
+    # pass (~1.3 s each on the demo). Same rows in the same order: changes timing only. 0 = every pass through
+    # Ray Data; never with shuffle_buffer (each epoch's local shuffle is Ray Data's).
+    cache_shard_rows: int = Field(default=200_000, ge=0)
     # Ray Train + DeepSpeed
     num_workers: int = Field(default=2, gt=0)
     use_gpu: bool = False
