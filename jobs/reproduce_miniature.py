@@ -4,8 +4,8 @@
                                        [--ledger docs/results/miniature_runs] [--out docs/results]
                                        [--grid align.beta=0.35,0.5] [--plan] [--report-only]
 
-12–14 hours on a 2-core CPU machine (Part A, measured: 6.6 h of recorded trials over its 5 seeds, 1.7 h for seed 0 and
-1.1–1.3 h for each of the others, median trial ~2 min; not run in CI), so it runs in pieces and resumes:
+9.1 hours of recorded trials on a 2-core CPU machine (measured: Part A 6.6 h over its 5 seeds, 1.7 h for seed 0 and
+1.1–1.3 h for each of the others, median trial ~2 min; Part B 2.5 h for its 75 students; not run in CI), so it runs in pieces and resumes:
 every finished trial is recorded in the **ledger** (``docs/results/miniature_runs``, committed to git:
 the evaluation records the page needs, ~40 KB per trial, no models), and a trial whose record is there
 never runs again. ``--hours`` stops starting new trials after that long; commit the ledger and run the
