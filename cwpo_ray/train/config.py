@@ -61,7 +61,8 @@ class TrainConfig(StrictModel):
     # Seconds between the Ray Train controller's polls of the workers (Ray's RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
     # default 2 s): the controller takes ONE report per worker per poll and a worker's next report waits for it,
     # so at Ray's 2 s a loop that logs every log_every_steps steps can go no faster than one metrics row per 2 s
-    # (measured on the demo: align's 423 steps took 44 s for ~29 s of steps). Changes timing only, no number.
+    # (measured on the demo: align's 423 steps took 44 s for ~29 s of steps). Changes timing only, no number. This
+    # field wins over the environment variable for the job (a differing value set there is reported on the console).
     controller_poll_s: float = Field(default=0.25, gt=0)
     seed: int = 0
     deepspeed_extra: dict = Field(default_factory=dict)  # merged into the generated DeepSpeed config

@@ -140,6 +140,8 @@ def controller_poll(seconds: float):
     """``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` = ``seconds`` while a ``TorchTrainer`` starts in this process (Ray
     Train V2 hands the driver's value to the controller it creates, also on a cluster), restored after."""
     old = os.environ.get(POLL_ENV)
+    if old is not None and old != str(seconds):  # the config field is what this job uses: say so, once per job
+        console.info(f"controller_poll_s={seconds:g} replaces {POLL_ENV}={old} for this training job")
     os.environ[POLL_ENV] = str(seconds)
     try:
         yield
