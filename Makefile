@@ -13,11 +13,11 @@ demo: install
 	$(VENV)/bin/cwpo demo
 
 # Two pytest-xdist workers (--dist loadfile; tests/conftest.py hands out the longest modules first). On a fresh
-# 2-core clone (2026-12-05), the machine otherwise quiet: 279 passed in 1,008 s (16.8 min; `.ci/run` with the install
-# 1,138 s); 1,146 s beside other work on the machine; CI's clean-clone run of the tree before took 1,112 s with the install. Three workers were slower
-# (1,207 s) and a Ray job submission timed out under the load. The two workers share the cores: each test runs
-# ~1.5-2.5x slower than alone. --durations names the slow tests (the pipeline module, killed-and-resumed then again
-# on S3, ~700 s on its worker, is the critical path; the sweep; fake autoscaling). The cap stays well inside CI's 90 minutes.
+# 2-core clone (2026-12-05), the machine otherwise quiet: 279 passed in 1,008 s (16.8 min; `.ci/run` with the
+# install 1,138 s); 1,146 s beside other work on the machine. Three workers were slower (1,207 s) and a Ray job
+# submission timed out under the load. The two workers share the cores: each test runs ~1.5-2.5x slower than
+# alone. --durations names the slow tests (the pipeline module, killed-and-resumed then again on S3, ~570-700 s
+# on its worker, is the critical path; the sweep; fake autoscaling). The cap stays well inside CI's 90 minutes.
 test: install
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 timeout 4200 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests

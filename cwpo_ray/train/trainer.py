@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 from cwpo_ray import console, io
 from cwpo_ray.train.loop import FINAL_MARK, STATE_FILE
+
+log = logging.getLogger(__name__)
 
 try:
     from ray.train.v2.api.callback import UserCallback
@@ -141,7 +144,7 @@ def controller_poll(seconds: float):
     Train V2 hands the driver's value to the controller it creates, also on a cluster), restored after."""
     old = os.environ.get(POLL_ENV)
     if old is not None and old != str(seconds):  # the config field is what this job uses: say so, once per job
-        console.info(f"controller_poll_s={seconds:g} replaces {POLL_ENV}={old} for this training job")
+        log.warning("controller_poll_s=%g replaces %s=%s for this training job", seconds, POLL_ENV, old)
     os.environ[POLL_ENV] = str(seconds)
     try:
         yield
