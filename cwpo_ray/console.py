@@ -104,7 +104,9 @@ def _import_deepspeed_quietly() -> None:
         return
     buf = io.StringIO()
     with redirect_stdout(buf):
-        import deepspeed  # noqa: F401
+        from cwpo_ray.runtime import import_deepspeed
+
+        import_deepspeed()
     ds_log = logging.getLogger("DeepSpeed")
     for h in list(ds_log.handlers):
         if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is buf:

@@ -39,6 +39,9 @@ def test_quiet_console_sends_library_logs_to_the_file(tmp_path):
         logging.getLogger("cwpo_ray.stage").warning("our WARNING line")
         console.info("a progress line")
         print(console.stage_line("stage: first line\\n  detail\\n  WARNING: fallback used"))
+        # setup imported DeepSpeed without its autotuner's mlflow import, and mlflow is importable as before
+        from deepspeed.autotuning import autotuner
+        assert autotuner.has_mlflow is False and "mlflow" not in sys.modules, sys.modules.get("mlflow")
     """, tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["stage: first line", "  WARNING: fallback used"], r.stdout

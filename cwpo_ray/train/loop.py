@@ -193,9 +193,12 @@ class Recipe:
     def setup_optimizer(self) -> None:
         """AdamW (no decay on biases / norms; bitsandbytes' paged variant on CUDA when configured) + the
         warm-up schedule, wrapped in a DeepSpeed engine."""
-        import deepspeed
         import torch
         from transformers import get_scheduler
+
+        from cwpo_ray.runtime import import_deepspeed
+
+        deepspeed = import_deepspeed()
 
         cfg = self.cfg
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -441,8 +444,11 @@ def checkpoint_run(checkpoint) -> int | None:
 
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker function of every training stage (see the module docstring)."""
-    import deepspeed
     import ray.train
+
+    from cwpo_ray.runtime import import_deepspeed
+
+    deepspeed = import_deepspeed()
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # don't JIT-build the shm comm op
     started = _PROCESS_START
