@@ -179,3 +179,28 @@ def test_tokenize_and_label_block_equal_the_row_by_row_rules():
     valid, q = tokenize_block(pa.Table.from_pylist(rows[1:2] + rows[3:4], schema=PAIR_SCHEMA), WordTokenizer(), max_length=6)
     assert valid.num_rows == 0 and valid.column_names[-2:] == ["ids_a", "ids_b"] and q.num_rows == 2
     assert label_table(valid, np.empty(0), np.empty(0)).num_rows == 0
+
+
+def test_generic_tokenizer_loads_without_torch_and_equals_autotokenizer(tmp_path):
+    """annotate's tokenize stage and prepare's length filter run on CPU workers that need no torch: a folder
+    naming the generic fast tokenizer loads through that class, the one AutoTokenizer returns, same tokens."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from cwpo_ray.annotator.scoring import auto_tokenizer, load_tokenizer
+    from cwpo_ray.synthetic.models import train_tokenizer
+
+    texts = ["\n\nHuman: tell me about cats\n\nAssistant: purr kitten", "whiskers paws meow", "snow </s>"]
+    train_tokenizer(texts * 20, tmp_path / "tok", vocab_size=300)
+    ours, auto = auto_tokenizer(str(tmp_path / "tok")), AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert type(ours) is type(auto) and ours.special_tokens_map == auto.special_tokens_map
+    assert ours(texts)["input_ids"] == auto(texts)["input_ids"]
+    assert ours(texts, add_special_tokens=False)["input_ids"] == auto(texts, add_special_tokens=False)["input_ids"]
+    assert load_tokenizer(str(tmp_path / "tok")).pad_token_id == auto.pad_token_id
+    code = ("import sys; from cwpo_ray.annotator.annotate import TokenizeBlocks; from cwpo_ray.prepare.core import token_lengths;"
+            f"t = TokenizeBlocks({{'model': {str(tmp_path / 'tok')!r}, 'trust_remote_code': False, 'max_length': 64}});"
+            f"n = token_lengths({str(tmp_path / 'tok')!r}, ['a b c']); assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -31,13 +31,40 @@ CAUSAL_MODEL_TYPES = {
 }
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    """The model folder's tokenizer, with a pad token (decoder-only models often lack one: use EOS)."""
-    from transformers import AutoTokenizer
+# tokenizer_config.json classes for which AutoTokenizer returns the generic fast tokenizer class itself
+# (transformers 5 names it TokenizersBackend; PreTrainedTokenizerFast is the same class)
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def auto_tokenizer(path: str, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained`` of a model folder (local or a URI, through the node's model cache).
+
+    A folder whose ``tokenizer_config.json`` names the generic fast tokenizer class (and no ``auto_map``) is
+    loaded through that class directly: the class AutoTokenizer would return, with the same files and
+    arguments, but without AutoTokenizer's import of torch (~2 CPU-seconds per process on the 2-core machine).
+    The CPU-only stages that tokenize (prepare's length filter, annotate's tokenize stage) never need torch."""
+    import json
+    import os
 
     from cwpo_ray.io import local_model_dir
 
-    tok = AutoTokenizer.from_pretrained(local_model_dir(path), trust_remote_code=trust_remote_code)
+    local = local_model_dir(path)
+    tc = {}
+    if os.path.isfile(os.path.join(local, "tokenizer_config.json")):
+        with open(os.path.join(local, "tokenizer_config.json")) as f:
+            tc = json.load(f)
+    if tc.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES and "auto_map" not in tc:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(local)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The model folder's tokenizer, with a pad token (decoder-only models often lack one: use EOS)."""
+    tok = auto_tokenizer(path, trust_remote_code)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer of {path} has neither a pad nor an eos token")

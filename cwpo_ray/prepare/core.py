@@ -47,11 +47,9 @@ def parse_json_lines(lines: Iterable[bytes], locs: Iterable[str]) -> Iterable[tu
 
 @lru_cache(maxsize=4)
 def _load_tokenizer(name: str):
-    from transformers import AutoTokenizer
+    from cwpo_ray.annotator.scoring import auto_tokenizer
 
-    from cwpo_ray.io import local_model_dir
-
-    return AutoTokenizer.from_pretrained(local_model_dir(name))
+    return auto_tokenizer(name)
 
 
 def token_lengths(tokenizer: str, texts: list[str]) -> list[int]:
