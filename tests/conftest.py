@@ -19,13 +19,14 @@ for _k, _v in {
 
 import pytest  # noqa: E402
 
-# The longest modules first (measured on 2 cores, 2026-12-05: pipeline ~580 s, student_train ~340, sweep ~310,
-# annotator_ray ~200; everything else < 70 s each). `make test` runs two pytest-xdist workers with --dist
-# loadfile --no-loadscope-reorder, which hand out whole modules in this order, so the short modules fill in
-# around the long ones instead of queueing behind them at the end. The fake-autoscaling rehearsal (~250 s, most
-# of it waiting for simulated nodes and idle timeouts) runs beside them from the session's start
-# (start_fake_autoscaling below); its test only collects the report.
-LONGEST_FIRST = ["test_pipeline.py", "test_sweep.py", "test_student_train.py", "test_annotator_ray.py"]
+# The longest modules first (measured on 2 cores, 2026-12-05: pipeline ~650 s, sweep ~275, student_train ~220,
+# annotator_ray ~170, generate ~70, jobs ~45, evaluate ~45, bad_files ~30; everything else < 20 s each). `make
+# test` runs two pytest-xdist workers with --dist loadfile --no-loadscope-reorder, which hand out whole modules
+# in this order, so the short modules fill in around the long ones instead of one worker finishing a long module
+# alone at the end. The fake-autoscaling rehearsal (3-4 min, most of it waiting for simulated nodes and idle
+# timeouts) runs beside them from the session's start (tests/fake_autoscaling_run.py); its test collects the report.
+LONGEST_FIRST = ["test_pipeline.py", "test_sweep.py", "test_student_train.py", "test_annotator_ray.py",
+                 "test_generate.py", "test_jobs.py", "test_evaluate.py", "test_bad_files.py"]
 FAKE_AUTOSCALING_TEST = "test_fake_autoscaling.py::test_fake_autoscaling_annotate_and_align"
 
 
