@@ -12,12 +12,14 @@ install:
 demo: install
 	$(VENV)/bin/cwpo demo
 
-# Two pytest-xdist workers (--dist loadfile; tests/conftest.py hands out the longest modules first). On a fresh
-# 2-core clone (2026-12-05), the machine otherwise quiet: 279 passed in 1,008 s (16.8 min; `.ci/run` with the
-# install 1,138 s); 1,146 s beside other work on the machine. Three workers were slower (1,207 s) and a Ray job
-# submission timed out under the load. The two workers share the cores: each test runs ~1.5-2.5x slower than
-# alone. --durations names the slow tests (the pipeline module, killed-and-resumed then again on S3, ~570-700 s
-# on its worker, is the critical path; the sweep; fake autoscaling). The cap stays well inside CI's 90 minutes.
+# Two pytest-xdist workers (--dist loadfile; tests/conftest.py hands out the longest modules first, and starts the
+# fake-autoscaling rehearsal, which mostly waits on simulated nodes and idle timeouts, in the background with the
+# session). On a fresh 2-core clone (2026-12-05, machine otherwise quiet): 280 passed in 894.6 s (14.9 min; `.ci/run`
+# with the install 1,022 s), 881 s in the dev checkout; 959-1,008 s when the rehearsal still ran as a test of its own.
+# Run to run this machine varies by about +-50 s. Three workers were slower (1,207 s) and a Ray job submission timed out
+# under the load. The two workers share the cores: each test runs ~1.5-2.5x slower than alone. --durations names the
+# slow tests (the pipeline module, killed-and-resumed then again on S3, ~650 s on its worker, is the critical path;
+# the sweep). The cap stays well inside CI's 90 minutes.
 test: install
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 timeout 4200 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
