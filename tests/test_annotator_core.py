@@ -181,26 +181,29 @@ def test_tokenize_and_label_block_equal_the_row_by_row_rules():
     assert label_table(valid, np.empty(0), np.empty(0)).num_rows == 0
 
 
-def test_generic_tokenizer_loads_without_torch_and_equals_autotokenizer(tmp_path):
-    """annotate's tokenize stage and prepare's length filter run on CPU workers that need no torch: a folder
-    naming the generic fast tokenizer loads through that class, the one AutoTokenizer returns, same tokens."""
+def test_tokenizer_folder_loads_without_torch_and_a_model_folder_as_autotokenizer_does(tmp_path):
+    """prepare's length filter runs on CPU workers that need no torch: a tokenizer-only folder naming the generic
+    fast tokenizer loads through that class, the one AutoTokenizer returns there (same tokens). A model folder
+    goes through AutoTokenizer, which picks the model type's class (Qwen2Tokenizer: other pre-tokenization)."""
     import subprocess
     import sys
 
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, Qwen2Config
 
     from cwpo_ray.annotator.scoring import auto_tokenizer, load_tokenizer
     from cwpo_ray.synthetic.models import train_tokenizer
 
-    texts = ["\n\nHuman: tell me about cats\n\nAssistant: purr kitten", "whiskers paws meow", "snow </s>"]
+    texts = ["\n\nHuman: tell me about cats in 6 words\n\nAssistant: purr kitten", "whiskers paws meow", "snow </s>"]
     train_tokenizer(texts * 20, tmp_path / "tok", vocab_size=300)
     ours, auto = auto_tokenizer(str(tmp_path / "tok")), AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert type(ours) is type(auto) and ours.special_tokens_map == auto.special_tokens_map
     assert ours(texts)["input_ids"] == auto(texts)["input_ids"]
-    assert ours(texts, add_special_tokens=False)["input_ids"] == auto(texts, add_special_tokens=False)["input_ids"]
     assert load_tokenizer(str(tmp_path / "tok")).pad_token_id == auto.pad_token_id
-    code = ("import sys; from cwpo_ray.annotator.annotate import TokenizeBlocks; from cwpo_ray.prepare.core import token_lengths;"
-            f"t = TokenizeBlocks({{'model': {str(tmp_path / 'tok')!r}, 'trust_remote_code': False, 'max_length': 64}});"
-            f"n = token_lengths({str(tmp_path / 'tok')!r}, ['a b c']); assert 'torch' not in sys.modules, 'torch imported'")
+    train_tokenizer(texts * 20, tmp_path / "model", vocab_size=300)
+    Qwen2Config(vocab_size=300).save_pretrained(tmp_path / "model")
+    ours, auto = auto_tokenizer(str(tmp_path / "model")), AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert type(ours) is type(auto) and ours(texts)["input_ids"] == auto(texts)["input_ids"]
+    code = (f"import sys; from cwpo_ray.prepare.core import token_lengths; n = token_lengths({str(tmp_path / 'tok')!r}, "
+            "['a b c']); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

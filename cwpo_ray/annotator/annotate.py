@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from cwpo_ray import console, io
 from cwpo_ray.annotator.config import AnnotateConfig, local_abspath
+from cwpo_ray.annotator.losses import confidence, orient
 from cwpo_ray.config import ConfigError, require
 from cwpo_ray.inputs import FILES_QUARANTINE, check_inputs, quarantine_lines, write_bad_files
 from cwpo_ray.results import AnnotateResult, write_result
@@ -145,8 +146,6 @@ def _quarantine(rows: pa.Table, reasons: list[str], details: list[str] | None) -
 def label_table(valid: pa.Table, score_a: np.ndarray, score_b: np.ndarray) -> pa.Table:
     """PREFERENCE_SCHEMA table, in Arrow: chosen = the higher-scored response (ties: a), confidence =
     2·(σ(Δ) − ½), human_label_agrees = (human label == chosen side), null without a human label."""
-    from cwpo_ray.annotator.losses import confidence, orient  # torch: the scorer's process has it; the tokenize stage's needs none
-
     a_wins, s_c, s_r = orient(score_a, score_b)
     conf = confidence(s_c, s_r).numpy()
     aw = pa.array(a_wins.numpy())

@@ -31,18 +31,20 @@ CAUSAL_MODEL_TYPES = {
 }
 
 
-# tokenizer_config.json classes for which AutoTokenizer returns the generic fast tokenizer class itself
-# (transformers 5 names it TokenizersBackend; PreTrainedTokenizerFast is the same class)
+# tokenizer_config.json classes that AutoTokenizer returns as they are for a tokenizer-only folder (transformers 5
+# names the generic fast tokenizer TokenizersBackend; PreTrainedTokenizerFast is the same class)
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def auto_tokenizer(path: str, trust_remote_code: bool = False):
-    """``AutoTokenizer.from_pretrained`` of a model folder (local or a URI, through the node's model cache).
+    """``AutoTokenizer.from_pretrained`` of a folder (local or a URI, through the node's model cache).
 
-    A folder whose ``tokenizer_config.json`` names the generic fast tokenizer class (and no ``auto_map``) is
-    loaded through that class directly: the class AutoTokenizer would return, with the same files and
-    arguments, but without AutoTokenizer's import of torch (~2 CPU-seconds per process on the 2-core machine).
-    The CPU-only stages that tokenize (prepare's length filter, annotate's tokenize stage) never need torch."""
+    A tokenizer-only folder (no ``config.json``) whose ``tokenizer_config.json`` names the generic fast tokenizer
+    class (and no ``auto_map``) is loaded through that class directly: the class AutoTokenizer returns there, with
+    the same files, but without AutoTokenizer's import of torch (~2 CPU-seconds per process on the 2-core machine;
+    prepare's length filter runs on CPU workers that need no torch). A model folder always goes through
+    AutoTokenizer: with a ``config.json`` it picks the model type's tokenizer class (e.g. Qwen2Tokenizer for the
+    synthetic Qwen2 models), which need not tokenize like the generic class."""
     import json
     import os
 
@@ -53,7 +55,8 @@ def auto_tokenizer(path: str, trust_remote_code: bool = False):
     if os.path.isfile(os.path.join(local, "tokenizer_config.json")):
         with open(os.path.join(local, "tokenizer_config.json")) as f:
             tc = json.load(f)
-    if tc.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES and "auto_map" not in tc:
+    if (tc.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES and "auto_map" not in tc and "model_type" not in tc
+            and not os.path.exists(os.path.join(local, "config.json"))):
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast.from_pretrained(local)
