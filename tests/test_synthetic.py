@@ -107,6 +107,8 @@ def test_task_is_seeded():
 
 
 def test_assets_load_through_real_hf_paths(synthetic_assets):
+    import json
+
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -114,6 +116,14 @@ def test_assets_load_through_real_hf_paths(synthetic_assets):
     text = "\n\nHuman: tell me about cats in 4 words mention purr avoid fur\n\nAssistant: purr kitten meow paws"
     ids = tok(text)["input_ids"]
     assert tok.decode(ids) == text and len(ids) < 30  # task words are single tokens
+    # One tokenization everywhere: the tokenizer folder (prepare) and both model folders (pretraining and every
+    # later stage: AutoTokenizer returns Qwen2Tokenizer there) give the same ids, digits included.
+    with open(synthetic_assets["data"]) as f:
+        texts = [(r := json.loads(line))["prompt"] + r["response_a"] for line, _ in zip(f, range(200))]
+    ref = tok(texts)["input_ids"]
+    for folder in ("weak_base", "student_base"):
+        mtok = AutoTokenizer.from_pretrained(synthetic_assets[folder])
+        assert type(mtok).__name__ == "Qwen2Tokenizer" and mtok(texts)["input_ids"] == ref, folder
     weak = AutoModelForCausalLM.from_pretrained(synthetic_assets["weak_base"])
     student = AutoModelForCausalLM.from_pretrained(synthetic_assets["student_base"])
     assert weak.num_parameters() < student.num_parameters()
@@ -144,3 +154,22 @@ def test_label_report_against_gold(tmp_path):
     assert r.human_gold_agreement == 0.75
     assert r.weak_gold_agreement == 0.75 and r.weak_human_agreement == pytest.approx(2 / 3)
     assert r.weak_gold_agreement_top["top30"] == 1.0 and r.weak_gold_agreement_top["top100"] == 0.75
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "opt"])
+def test_every_architecture_tokenizes_like_the_trained_tokenizer(tmp_path, arch):
+    """AutoTokenizer on a model folder picks its class from the model type (Qwen2Tokenizer rebuilds its own
+    pre-tokenizer; Llama and OPT folders load tokenizer.json as saved): the trained tokenizer must match all."""
+    from transformers import AutoTokenizer
+
+    from cwpo_ray.synthetic.models import TinyModelConfig, build_tiny_causal_lm, train_tokenizer
+
+    task = SyntheticTask(SyntheticTaskConfig(num_pairs=50, seed=0))
+    texts = task.pretraining_texts(100, seed=3) + ["in 10 words: 123 4567, naïve\n\n  spaced  </s>"]
+    tok = train_tokenizer(task.corpus(), tmp_path / "tok", 400)
+    folder, stats = build_tiny_causal_lm(TinyModelConfig(arch=arch, hidden_size=64, num_heads=2, num_kv_heads=1), tok,
+                                         tmp_path / arch, texts[:8], None)
+    ref = tok(texts)["input_ids"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok")(texts)["input_ids"] == ref
+    mtok = AutoTokenizer.from_pretrained(folder)
+    assert mtok(texts)["input_ids"] == ref and mtok.eos_token_id == tok.eos_token_id and stats["steps"] >= 1

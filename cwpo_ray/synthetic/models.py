@@ -40,12 +40,24 @@ class TinyModelConfig(StrictModel):
 
 
 def train_tokenizer(corpus: list[str], out_dir: str | Path, vocab_size: int = 512):
-    """Byte-level BPE trained on ``corpus`` with ``tokenizers``, saved as a PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE trained on ``corpus`` with ``tokenizers``, saved as a PreTrainedTokenizerFast.
+
+    Its normalizer and pre-tokenizer are Qwen2's (NFC, Qwen2's split pattern, byte-level without a regex of
+    its own). In transformers 5, ``AutoTokenizer`` on a Qwen2 model folder builds ``Qwen2Tokenizer`` from the
+    folder's vocabulary and merges with exactly that pipeline, whatever ``tokenizer.json`` says, while a Llama
+    or OPT folder, or the tokenizer-only folder, loads ``tokenizer.json`` as saved (the generic fast class).
+    Training with Qwen2's pipeline makes every one of these loads tokenize alike, so pretraining, prepare's
+    length filter and every later stage see the same token ids (``test_synthetic`` checks all of them)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -82,14 +94,18 @@ def build_tiny_causal_lm(cfg: TinyModelConfig, tokenizer, out_dir: str | Path, p
                      tie_word_embeddings=True, **ids)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(hf_cfg)
+    out = Path(out_dir)
+    tokenizer.save_pretrained(str(out))
     stats = None
     if pretrain_texts:
+        from cwpo_ray.annotator.scoring import load_tokenizer
         from cwpo_ray.synthetic.pretrain import PretrainConfig, pretrain_causal_lm
 
-        stats = pretrain_causal_lm(model, tokenizer, pretrain_texts, pretrain or PretrainConfig(),
-                                   desc=f"pretrain {Path(out_dir).name}")
+        # Pretrain with the tokenizer every later stage gets from this folder (AutoTokenizer picks the class
+        # from the model type), not with the object passed in.
+        hf_cfg.save_pretrained(str(out))
+        stats = pretrain_causal_lm(model, load_tokenizer(str(out)), pretrain_texts, pretrain or PretrainConfig(),
+                                   desc=f"pretrain {out.name}")
         stats["parameters"] = model.num_parameters()
-    out = Path(out_dir)
     model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
     return out, stats
