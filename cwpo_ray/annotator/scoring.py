@@ -43,8 +43,9 @@ def auto_tokenizer(path: str, trust_remote_code: bool = False):
     class (and no ``auto_map``) is loaded through that class directly: the class AutoTokenizer returns there, with
     the same files, but without AutoTokenizer's import of torch (~2 CPU-seconds per process on the 2-core machine;
     prepare's length filter runs on CPU workers that need no torch). A model folder always goes through
-    AutoTokenizer: with a ``config.json`` it picks the model type's tokenizer class (e.g. Qwen2Tokenizer for the
-    synthetic Qwen2 models), which need not tokenize like the generic class."""
+    AutoTokenizer: with a ``config.json`` it picks the model type's tokenizer class (e.g. Qwen2Tokenizer for
+    Qwen2 models), which in general need not tokenize like the generic class (the synthetic task's tokenizer is
+    trained with Qwen2's pre-tokenization so that, for it, they agree)."""
     import json
     import os
 

@@ -23,7 +23,7 @@ length more often. The same sampler writes the text the tiny base LMs are pretra
 pool's candidate pairs. That is the choice that makes preferences transfer: in the paper the pool's
 responses come from models like the student, so DPO moves probability mass among responses the
 student actually produces. Here the pretrained student is a model of the sampler. Measured (seed 0,
-docs/results/sandbox.md): the SFT student's samples match the pool's responses in mean gold reward
+docs/results/sandbox.md, before the tokenizer fix of 2026-12-05): the SFT student's samples match the pool's responses in mean gold reward
 (1.18 vs 1.14), length (6.6 vs 7.0 words), rate of the avoided word (0.38 vs 0.40) and repeats (0.81
 vs 0.81), but write the requested word half as often (0.35 vs 0.67: the tiny LM copies from the
 prompt poorly). Sampling the pool from the pretrained student itself (on-policy pairs) removes that
