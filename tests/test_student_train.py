@@ -42,7 +42,7 @@ def sft_model(ray_session, synthetic_assets, prepared_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sft"))
     cfg = build_config(SFTConfig, {**SMALL, "model": synthetic_assets["student_base"], "data_format": "pairs",
                                    "data_dir": os.path.join(prepared_data["dir"], "labeled"), "output_dir": out,
-                                   "lr": 1e-3, "max_steps": 10, "zero_stage": 0, "warmup_steps": 0,
+                                   "lr": 1e-3, "max_steps": 30, "zero_stage": 0, "warmup_steps": 0,
                                    "optimizer": "paged_adamw_32bit", "controller_poll_s": 0.5})
     s = run_sft(cfg, callbacks=[ControllerEnv(os.path.join(out, "controller_env.json"), (POLL_ENV,))])
     print(format_sft(s))
@@ -109,7 +109,7 @@ def test_sft_lowers_response_nll(sft_model):
     from transformers import AutoModelForCausalLM
 
     s = sft_model
-    assert s.steps == 10 and s.rows_used > 100 and s.rows_used + s.quarantined == s.rows_in
+    assert s.steps == 30 and s.rows_used > 100 and s.rows_used + s.quarantined == s.rows_in
     assert s.last_loss < s.first_loss - 0.3
     # where the worker's time went (the pipeline's stage table shows the steps beside the stage's wall time)
     assert {"process", "model", "optimizer", "train"} <= set(s.worker_seconds) and 0 < s.worker_seconds["train"] < s.fit_seconds
