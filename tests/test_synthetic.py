@@ -156,6 +156,22 @@ def test_label_report_against_gold(tmp_path):
     assert r.weak_gold_agreement_top["top30"] == 1.0 and r.weak_gold_agreement_top["top100"] == 0.75
 
 
+def test_kl_optimum_reweights_reference_samples():
+    from cwpo_ray.synthetic.diagnostics import kl_optimum, scale_for_gain, tilted_gra
+
+    r = np.array([[0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 1.0, 2.0]])
+    # no tilt: the policy against itself; strict wins only, so row 2's tie lowers its GRA below 1/2
+    gra, gain = tilted_gra(r, np.zeros_like(r))
+    assert gain == pytest.approx(0.0) and gra == pytest.approx((6 / 16 + 5 / 16) / 2)
+    # a huge tilt puts all mass on each row's best samples: they beat the 3 (resp. 2) below them
+    gra, gain = kl_optimum(r, 1e3)
+    assert gra == pytest.approx((3 / 4 + 2 / 4) / 2) and gain == pytest.approx(((3 - 1.5) + (5 - 3.25)) / 2)
+    # the optimum's gain grows with the tilt, and scale_for_gain inverts it
+    s = scale_for_gain(r, 0.8)
+    assert kl_optimum(r, s)[1] == pytest.approx(0.8, abs=1e-6)
+    assert kl_optimum(r, 0.5 * s)[1] < 0.8 < kl_optimum(r, 2 * s)[1]
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "opt"])
 def test_every_architecture_tokenizes_like_the_trained_tokenizer(tmp_path, arch):
     """AutoTokenizer on a model folder picks its class from the model type (Qwen2Tokenizer rebuilds its own

@@ -75,3 +75,40 @@ def format_label_report(r: LabelReport) -> str:
         parts.append(f"weak vs gold {r.weak_gold_agreement:.3f}, top-30% most confident vs gold "
                      f"{r.weak_gold_agreement_top['top30']:.3f}")
     return "labels: " + "; ".join(parts)
+
+
+def tilted_gra(rewards: np.ndarray, log_weights: np.ndarray) -> tuple[float, float]:
+    """GRA and mean gold gain of a reweighted sample set against the same set unweighted.
+
+    ``rewards[i]`` holds gold rewards of M samples of prompt i from a reference policy; the "aligned"
+    policy puts mass ∝ exp(log_weights[i]) on them (self-normalised importance weights). GRA counts
+    strict wins only, as the evaluation does: mean over prompts of Σ_k w_k · #{j: r_j < r_k} / M.
+    """
+    gras, gains = [], []
+    for r, lw in zip(np.asarray(rewards, dtype=np.float64), np.asarray(log_weights, dtype=np.float64)):
+        w = np.exp(lw - lw.max())
+        w /= w.sum()
+        below = np.searchsorted(np.sort(r), r, side="left") / r.size
+        gras.append(float(w @ below))
+        gains.append(float(w @ r - r.mean()))
+    return float(np.mean(gras)), float(np.mean(gains))
+
+
+def kl_optimum(rewards: np.ndarray, scale: float) -> tuple[float, float]:
+    """(GRA, mean gain) of π ∝ π_ref · exp(scale · r*): the optimum of the KL-regularised objective that
+    DPO solves. For Bradley–Terry labels with temperature T, DPO's implied reward is r*/T and
+    scale = 1 / (T β)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return tilted_gra(r, scale * r)
+
+
+def scale_for_gain(rewards: np.ndarray, gain: float) -> float:
+    """The tilt ``scale`` whose optimum has mean gold gain ``gain`` (> 0), by bisection on log scale."""
+    lo, hi = np.log(1e-6), np.log(1e3)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if kl_optimum(rewards, float(np.exp(mid)))[1] < gain:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp(0.5 * (lo + hi)))
