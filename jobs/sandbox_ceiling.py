@@ -40,10 +40,9 @@ def main():
     args = ap.parse_args()
 
     import pandas as pd
-
-    from cwpo_ray import console
     import yaml
 
+    from cwpo_ray import console
     from cwpo_ray.generate.config import EngineConfig, SamplingConfig
     from cwpo_ray.generate.stage import collect, generate_table, read_prompts
     from cwpo_ray.runtime import init_ray

@@ -32,11 +32,17 @@ def seed_overrides(seed: int, run_dir: Path) -> list[str]:
     return [f"run_dir={run_dir / f'seed{seed}'}", *seed_fields(seed, synthetic=True)]
 
 
+def length_rise(metrics) -> dict[str, float]:
+    """Each method's length-limit share minus its reference's: the SFT model it was aligned from and is
+    compared with (``compare_to``; the common SFT model unless ``sft_data=method_labels``)."""
+    lim = metrics.length_limit_share
+    return {m: lim[m] - lim[metrics.compare_to.get(m, "sft")] for m in metrics.methods}
+
+
 def check(metrics, gate_method: str) -> dict:
     """The gate's criteria on one seed's :class:`~cwpo_ray.results.EvaluateResult`."""
     g = metrics.methods[gate_method]
-    lim = metrics.length_limit_share
-    worst = max(lim[m] - lim["sft"] for m in metrics.methods)
+    worst = max(length_rise(metrics).values())
     return {"gra_ok": g.gra >= MIN_GRA, "lo_ok": g.gra_ci[0] > MIN_LO, "length_ok": worst <= MAX_LIMIT_RISE,
             "worst_length_rise": worst}
 
@@ -82,13 +88,13 @@ def main():
         verdict = "pass" if all((c["gra_ok"], c["lo_ok"], c["length_ok"])) else \
             "FAIL (" + ", ".join(k for k in ("gra_ok", "lo_ok", "length_ok") if not c[k]) + ")"
         lines.append(f"| {seed} | {m.num_prompts} x {m.samples_per_prompt} | " + " | ".join(cells) + f" | {verdict} |")
-    lines += ["", "Share of answers at the length limit and mean gold gain over SFT:", "",
+    lines += ["", "Share of answers at the length limit (points above the method's own SFT model) and mean gold gain over it:", "",
               "| seed | SFT | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
     for seed, r in per_seed.items():
         m = r["metrics"]
-        lim = m.length_limit_share
+        lim, rise = m.length_limit_share, length_rise(m)
         lines.append(f"| {seed} | {lim['sft']:.1%} | " + " | ".join(
-            f"{lim[n]:.1%} (gain {m.methods[n].mean_gain:+.2f})" for n in methods) + " |")
+            f"{lim[n]:.1%} ({rise[n] * 100:+.1f} over its SFT; gain {m.methods[n].mean_gain:+.2f})" for n in methods) + " |")
     lines += ["", "Label regime (measured against the gold reward; not tuned to any GRA):", "",
               "| seed | human vs gold | weak vs held-out human | weak vs gold | weak top-30% vs gold | run time |",
               "|---|---|---|---|---|---|"]
