@@ -14,8 +14,9 @@ the gold reward, and reweight (:func:`cwpo_ray.synthetic.diagnostics.kl_optimum`
 
     python jobs/sandbox_ceiling.py runs/gate/seed1 [--prompts 100 --samples 256]
 
-Importance reweighting over a finite sample set underestimates the optimum's GRA at small β (the
-reweighted mass sits on few samples); the sample count is printed with the effective sample size.
+The optimum is taken over the sampled set, so at small β (mass on few samples) it is rough: the effective
+sample size per prompt is printed beside it. The reference is the run's common SFT model (``sft/model``);
+runs with ``sft_data=method_labels`` (one SFT model per label source) are refused.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def main():
     run = Path(args.run).resolve()
     console.setup(run / "logs", verbose=False)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
+    if cfg.get("sft_data", "labeled_human") != "labeled_human":
+        sys.exit(f"sft_data={cfg['sft_data']}: each method has its own SFT model; this script measures against sft/model only")
     task = SyntheticTask(SyntheticTaskConfig(**cfg["synthetic"]["task"]))
     task.rows()  # solves the label temperature T exactly as synthesize did
     T = task.temperature
