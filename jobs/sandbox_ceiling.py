@@ -40,35 +40,36 @@ def main():
     ap.add_argument("--out", default=None, help="json file (default: {run}/ceiling.json)")
     args = ap.parse_args()
 
-    import pandas as pd
-    import yaml
-
-    from cwpo_ray import console
-    from cwpo_ray.generate.config import EngineConfig, SamplingConfig
+    from cwpo_ray import console, io
+    from cwpo_ray.config import load_config
     from cwpo_ray.generate.stage import collect, generate_table, read_prompts
+    from cwpo_ray.layout import RunLayout
+    from cwpo_ray.pipeline import PipelineConfig
+    from cwpo_ray.results import EvaluateResult, SynthesizeResult, read_result
     from cwpo_ray.runtime import init_ray
     from cwpo_ray.synthetic.diagnostics import kl_optimum, scale_for_gain
-    from cwpo_ray.synthetic.task import SyntheticGoldReward, SyntheticTask, SyntheticTaskConfig
+    from cwpo_ray.synthetic.task import SyntheticGoldReward
 
     run = Path(args.run).resolve()
+    layout = RunLayout.of(run)
     console.setup(run / "logs", verbose=False)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    if cfg.get("sft_data", "labeled_human") != "labeled_human":
-        sys.exit(f"sft_data={cfg['sft_data']}: each method has its own SFT model; this script measures against sft/model only")
-    task = SyntheticTask(SyntheticTaskConfig(**cfg["synthetic"]["task"]))
-    task.rows()  # solves the label temperature T exactly as synthesize did
-    T = task.temperature
-    sampling = SamplingConfig(**cfg["evaluate"]["sampling"])
-    engine = EngineConfig(**cfg["evaluate"].get("engine", {}))
+    cfg = load_config(PipelineConfig, layout.config)
+    if cfg.sft_data != "labeled_human":
+        sys.exit(f"sft_data={cfg.sft_data}: each method has its own SFT model; this script measures against sft/model only")
+    T = read_result(SynthesizeResult, io.join(layout.synthetic, "manifest.json")).labels.label_temperature
+    if T is None:
+        sys.exit("the run's human labels are not Bradley–Terry draws (label_noise=flip): DPO's optimum has no temperature here")
 
     init_ray()
-    prompts, _, _ = read_prompts(str(run / "data" / "validation"), "prompt", args.prompts)
-    cands = collect(generate_table(prompts, str(run / "sft" / "model"), args.samples, sampling, engine)[0])
-    df = cands.select(["prompt", "response"]).to_pandas()
-    df["gold"] = SyntheticGoldReward().score(df["prompt"].tolist(), df["response"].tolist())
-    groups = [g["gold"].to_numpy() for _, g in df.groupby("prompt", sort=True)]
-    m = min(len(g) for g in groups)
-    R = np.stack([g[:m] for g in groups])
+    prompts, _, _ = read_prompts(io.join(layout.data, "validation"), "prompt", args.prompts)
+    cands = collect(generate_table(prompts, RunLayout.model(layout.sft), args.samples, cfg.evaluate.sampling,
+                                   cfg.evaluate.engine)[0])
+    by_prompt: dict[str, list[float]] = {}
+    gold = SyntheticGoldReward().score(cands.column("prompt").to_pylist(), cands.column("response").to_pylist())
+    for p, g in zip(cands.column("prompt").to_pylist(), gold):
+        by_prompt.setdefault(p, []).append(g)
+    m = min(len(v) for v in by_prompt.values())
+    R = np.array([by_prompt[p][:m] for p in sorted(by_prompt)])
 
     out = {"run": str(run), "label_temperature": T, "prompts": int(R.shape[0]), "samples": int(m),
            "sft_mean_gold": float(R.mean()), "within_prompt_sd": float(R.std(axis=1).mean()), "optimum": [], "methods": []}
@@ -83,20 +84,17 @@ def main():
         out["optimum"].append({"beta": beta, "gra": gra, "gain": gain, "ess": ess})
         print(f"| {beta:g} | {gra:.3f} | {gain:+.3f} | {ess:.0f} |")
 
-    ev = run / "eval_validation" / "responses.parquet"
+    ev = run / "eval_validation" / "metrics.json"  # written by jobs/select_demo_recipe.py
     if ev.exists():
-        e = pd.read_parquet(ev)
-        summ = json.loads((run / "eval_validation" / "summary.json").read_text()) if (run / "eval_validation" / "summary.json").exists() else {}
-        sft_mean = e[e["method"] == "sft"]["gold"].mean()
-        print(f"\nmeasured on {ev.relative_to(run)} (its last evaluated point)\n"
+        e = read_result(EvaluateResult, ev)
+        print(f"\nmeasured in {ev.relative_to(run)} (its last evaluated point)\n"
               "| method | GRA | mean gain | beta_eff (optimum with this gain) | that optimum's GRA |\n|---|---|---|---|---|")
-        for method, g in e[e["method"] != "sft"].groupby("method", sort=False):
-            gain = float(g["gold"].mean() - sft_mean)
-            gra = summ.get("methods", {}).get(method, {}).get("gra")
-            s = scale_for_gain(R, gain) if gain > 0 else float("nan")
-            opt_gra = kl_optimum(R, s)[0] if gain > 0 else float("nan")
-            out["methods"].append({"method": method, "gra": gra, "gain": gain, "beta_eff": 1.0 / (T * s), "optimum_gra": opt_gra})
-            print(f"| {method} | {gra if gra is None else f'{gra:.3f}'} | {gain:+.3f} | {1.0 / (T * s):.2f} | {opt_gra:.3f} |")
+        for method, r in e.methods.items():
+            s = scale_for_gain(R, r.mean_gain) if r.mean_gain > 0 else float("nan")
+            opt_gra = kl_optimum(R, s)[0] if r.mean_gain > 0 else float("nan")
+            out["methods"].append({"method": method, "gra": r.gra, "gain": r.mean_gain, "beta_eff": 1.0 / (T * s),
+                                   "optimum_gra": opt_gra})
+            print(f"| {method} | {r.gra:.3f} | {r.mean_gain:+.3f} | {1.0 / (T * s):.2f} | {opt_gra:.3f} |")
     path = Path(args.out) if args.out else run / "ceiling.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {path}")
