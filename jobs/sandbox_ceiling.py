@@ -16,7 +16,8 @@ the gold reward, and reweight (:func:`cwpo_ray.synthetic.diagnostics.kl_optimum`
 
 The optimum is taken over the sampled set, so at small β (mass on few samples) it is rough: the effective
 sample size per prompt is printed beside it. The reference is the run's common SFT model (``sft/model``);
-runs with ``sft_data=method_labels`` (one SFT model per label source) are refused.
+runs with ``sft_data=method_labels`` (one SFT model per label source) or flip-noise labels (no temperature)
+are refused.
 """
 from __future__ import annotations
 
